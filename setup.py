@@ -1,0 +1,35 @@
+"""dopd_jax: on-policy distillation (DOPD, MOPD, OPD, GKD, OPSD) in JAX/Flax NNX."""
+import setuptools
+
+INSTALL_REQUIRES = [
+    "jax==0.10.2",
+    "jaxlib==0.10.2",
+    "flax==0.12.8",
+    "optax==0.2.8",
+    "orbax-checkpoint==0.12.8",
+    "tensorflow-datasets==4.9.10",
+    "grain==0.2.18",
+    "sentencepiece==0.2.3",
+    "ml-collections==1.1.0",
+    "numpy==2.4.6",
+    "absl-py==2.5.1",
+    "tqdm==4.70.1",
+    "tensorboardX==2.6.5",
+]
+
+EXTRAS = {
+    "test": ["pytest==9.2.0", "chex==0.1.92"],
+    "notebooks": ["jupytext==1.19.6", "matplotlib==3.11.2"],
+    # PyTorch CPU build (lies on the CI disk); an unpinned torch pulls CUDA.
+    "compare": ["torch==2.13.0", "transformers==5.23.0", "safetensors==0.8.0"],
+}
+
+setuptools.setup(
+    name="dopd_jax",
+    version="0.1.0",
+    description=__doc__,
+    packages=setuptools.find_packages(include=["dopd_jax", "dopd_jax.*"]),
+    python_requires=">=3.11",
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
+)
