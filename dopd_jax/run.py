@@ -1,0 +1,42 @@
+"""Command line: ``python -m dopd_jax.run --config experiments/NAME.py[:ARG] --workdir DIR``.
+
+Any config field can be overridden with ``--config.FIELD=VALUE``; unknown
+fields are rejected. Progress is shown as it runs; metrics go to
+``DIR/metrics.jsonl`` and TensorBoard files under ``DIR/tb``; the run ends
+by printing the results table and writing ``DIR/results.json``. Restarting
+with the same workdir resumes from the last finished stage.
+"""
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from dopd_jax import config as config_lib
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment module (path[:arg]).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for outputs and resume.")
+
+
+def main(argv) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    cfg = _CONFIG.value
+    try:
+        config_lib.validate(cfg)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    from dopd_jax.experiment import run_experiment  # after validation: imports JAX
+
+    run_experiment(cfg, _WORKDIR.value)
+
+
+def cli() -> None:
+    flags.mark_flags_as_required(["config", "workdir"])
+    app.run(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,247 @@
+"""The stages of an experiment: tokenizer, teacher SFT, student warm-up, distillation."""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from tqdm.auto import tqdm
+
+from dopd_jax import checkpoint, config as config_lib, evaluate, rollout as rollout_lib
+from dopd_jax import steps as steps_lib, train
+from dopd_jax.data import encode, pipeline
+from dopd_jax.data import tasks
+from dopd_jax.methods import get_method
+from dopd_jax.models import ModelConfig, Transformer
+from dopd_jax.tokenizer import Tokenizer, corpus_for_tokenizer, train_tokenizer
+
+SFT_FORMS = ("hints", "exec_hints", "answer")
+SUMMARY_KEYS = ("loss", "student_entropy", "target_entropy", "kl_priv_teacher",
+                "kl_plain_teacher", "kl_teacher", "kl_target", "A_bar", "qS_bar", "qT_bar",
+                "frac_LH", "frac_LL", "frac_HT", "frac_HS", "reward", "response_len")
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+    """A split NNX model: static graph plus parameter state."""
+
+    graphdef: Any
+    params: Any
+    config: ModelConfig
+
+
+@dataclasses.dataclass
+class Context:
+    """What every stage needs: config, workdir, tokenizer, evaluation sets."""
+
+    cfg: Any
+    workdir: str
+    tok: Tokenizer
+    test_set: list
+    hard_set: list
+    log: Callable[[str], None]
+
+
+class Progress:
+    """One progress bar over all steps of the experiment."""
+
+    def __init__(self, total: int):
+        self._bar = tqdm(total=total, unit="step", dynamic_ncols=True, mininterval=1.0)
+
+    @classmethod
+    def for_config(cls, cfg) -> "Progress":
+        return cls(cfg.teacher.steps + cfg.student.steps
+                   + len(cfg.distill.methods) * cfg.distill.steps)
+
+    def stage(self, name: str) -> None:
+        self._bar.set_description(name)
+
+    def advance(self, n: int, metrics: dict | None = None) -> None:
+        self._bar.update(n)
+        if metrics:
+            keys = ("loss", "reward", "eval_acc", "frac_HS")
+            self._bar.set_postfix({k: f"{metrics[k]:.3g}" for k in keys if k in metrics})
+
+    def skip(self, n: int) -> None:
+        self._bar.update(n)
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+def build_context(cfg, workdir: str, log) -> Context:
+    """Loads or trains the tokenizer and builds the fixed evaluation sets."""
+    path = os.path.join(workdir, "tokenizer.model")
+    if os.path.exists(path):
+        tok = Tokenizer.load(path)
+    else:
+        corpus = corpus_for_tokenizer([cfg.task.domain], cfg.tokenizer.corpus_size, cfg.seed)
+        tok = train_tokenizer(corpus, vocab_size=cfg.tokenizer.vocab_size)
+        tok.save(path)
+    kw = _task_kwargs(cfg)
+    test = pipeline.eval_set(cfg.task.domain, "test", cfg.task.n_test, cfg.seed + 1, **kw)
+    hard = pipeline.eval_set(cfg.task.domain, "hard", cfg.task.n_hard, cfg.seed + 2, **kw)
+    return Context(cfg, workdir, tok, test, hard, log)
+
+
+def _task_kwargs(cfg) -> dict:
+    kw = {"misleading_fraction": cfg.task.misleading_fraction}
+    if cfg.task.difficulty:
+        kw["difficulty"] = cfg.task.difficulty
+    return kw
+
+
+def init_model(ctx: Context, model_cfg, seed: int) -> Model:
+    """Initialises a transformer whose vocabulary is the tokenizer's."""
+    mc = ModelConfig(vocab_size=ctx.tok.vocab_size, **model_cfg.to_dict())
+    graphdef, params = nnx.split(Transformer(mc, rngs=nnx.Rngs(seed)))
+    return Model(graphdef, params, mc)
+
+
+def _sft_batches(ctx: Context, stage_cfg, seed: int):
+    stream = pipeline.TrainStream([ctx.cfg.task.domain], stage_cfg.batch_size, seed,
+                                  **_task_kwargs(ctx.cfg))
+    rng = np.random.default_rng(seed)
+    while True:
+        examples = next(stream)
+        sft = encode.encode_sft(examples, ctx.tok, p_dropout=stage_cfg.p_dropout, rng=rng,
+                                max_len=stage_cfg.max_len, form=SFT_FORMS)
+        yield {"inputs_BL": sft.inputs_BL, "targets_BL": sft.targets_BL,
+               "loss_mask_BL": sft.loss_mask_BL}
+
+
+def _sft_stage(ctx: Context, name: str, stage_cfg, seed: int, writer, progress) -> Model:
+    model = init_model(ctx, stage_cfg.model, seed)
+    path = os.path.join(ctx.workdir, name)
+    if checkpoint.has_params(path):
+        progress.skip(stage_cfg.steps)
+        return dataclasses.replace(model, params=checkpoint.load_params(path, model.params))
+    progress.stage(name)
+    opt = train.make_optimizer(stage_cfg.lr, stage_cfg.warmup_steps, stage_cfg.steps)
+    state = steps_lib.init_state(model.params, opt, keep_ref=False)
+    hooks = train.LoopHooks(
+        write=lambda s, m: writer.write(f"{name}_sft", s, m),
+        progress=lambda s, m: progress.advance(ctx.cfg.distill.log_every, m),
+        log_every=ctx.cfg.distill.log_every)
+    state = train.run_sft(steps_lib.make_sft_fn(model.graphdef, opt), state,
+                          _sft_batches(ctx, stage_cfg, seed), stage_cfg.steps, hooks)
+    checkpoint.save_params(path, state.params)
+    return dataclasses.replace(model, params=state.params)
+
+
+def teacher_stage(ctx, writer, progress) -> Model:
+    """Trains (or reloads) the privileged teacher."""
+    return _sft_stage(ctx, "teacher", ctx.cfg.teacher, ctx.cfg.seed + 100, writer, progress)
+
+
+def student_stage(ctx, writer, progress) -> Model:
+    """Warms up (or reloads) the student initialisation shared by every method."""
+    return _sft_stage(ctx, "student_init", ctx.cfg.student, ctx.cfg.seed + 200, writer, progress)
+
+
+def _sampler(ctx: Context, graphdef):
+    return evaluate.make_greedy_sampler(graphdef, max_new_tokens=ctx.cfg.distill.max_new_tokens,
+                                        eos_id=ctx.tok.eos_id, pad_id=ctx.tok.pad_id)
+
+
+def _accuracy(ctx, sampler, params, examples, privileged: bool) -> dict:
+    t = ctx.cfg.task
+    return evaluate.accuracy(sampler, params, examples, ctx.tok, privileged=privileged,
+                             form=t.priv_form, max_prompt_len=t.max_prompt_len,
+                             max_priv_len=t.max_priv_len, batch_size=ctx.cfg.eval.batch_size)
+
+
+def full_eval(ctx: Context, model: Model, sampler=None) -> dict:
+    """Test and hard-slice accuracy without p, and privileged accuracy on test."""
+    sampler = sampler or _sampler(ctx, model.graphdef)
+    test = _accuracy(ctx, sampler, model.params, ctx.test_set, False)
+    hard = _accuracy(ctx, sampler, model.params, ctx.hard_set, False)
+    priv = _accuracy(ctx, sampler, model.params, ctx.test_set, True)
+    return {"acc_test": test["acc"], "acc_hard": hard["acc"], "acc_priv": priv["acc"],
+            "response_len": test["response_len"], "truncated_frac": test["truncated_frac"]}
+
+
+def _distill_batches(ctx: Context, seed: int):
+    c = ctx.cfg
+    stream = pipeline.TrainStream([c.task.domain], c.distill.batch_prompts, seed,
+                                  **_task_kwargs(c))
+    while True:
+        examples = next(stream)
+        arr = evaluate.prompt_arrays(examples, ctx.tok, form=c.task.priv_form,
+                                     max_prompt_len=c.task.max_prompt_len,
+                                     max_priv_len=c.task.max_priv_len)
+        yield examples, steps_lib.DistillBatch(arr.prompt_BP, arr.prompt_mask_BP,
+                                               arr.priv_BQ, arr.priv_mask_BQ)
+
+
+def make_spec(cfg, method: str, tok) -> steps_lib.DistillSpec:
+    """The static step description of ``method`` under ``cfg``."""
+    d = cfg.distill
+    sampler = rollout_lib.SamplerConfig(
+        max_new_tokens=d.max_new_tokens, eos_id=tok.eos_id, pad_id=tok.pad_id,
+        temperature=d.temperature, top_k=d.top_k, top_p=d.top_p, n_samples=d.n_samples)
+    sampler.validate()
+    return steps_lib.DistillSpec(
+        method=get_method(method), loss=config_lib.loss_config(cfg), sampler=sampler,
+        priv_student=config_lib.priv_student_mode(cfg, method), ema_decay=d.ema_decay,
+        log_plain_teacher=d.log_plain_teacher)
+
+
+def distill_stage(ctx: Context, method: str, teacher: Model, student: Model, writer,
+                  progress) -> dict:
+    """Distils the student init with ``method``; returns its evaluation summary."""
+    c, d = ctx.cfg, ctx.cfg.distill
+    check_vocab(teacher.config, student.config)
+    spec = make_spec(c, method, ctx.tok)
+    opt = train.make_optimizer(d.lr, d.warmup_steps, d.steps)
+    params = jax.tree.map(jnp.copy, student.params)  # the update donates its state
+    state = steps_lib.init_state(params, opt, keep_ref=spec.priv_student != "live")
+    fns = steps_lib.make_distill_fns(student.graphdef, teacher.graphdef, opt, spec)
+    sampler = _sampler(ctx, student.graphdef)
+    history = []
+
+    def write(step, m):
+        history.append(m)
+        writer.write(f"distill/{method}", step, m)
+
+    progress.stage(f"distill/{method}")
+    hooks = train.LoopHooks(
+        write=write, progress=lambda s, m: progress.advance(d.log_every, m),
+        evaluate=functools.partial(_quick_eval, ctx, sampler), eval_every=d.eval_every,
+        log_every=d.log_every, warn=lambda msg: ctx.log(f"WARNING [{method}] {msg}"))
+    state, monitor = train.run_distill(
+        fns, state, teacher.params, _distill_batches(ctx, c.seed + 300), d.steps,
+        jax.random.key(c.seed + 400), hooks, tok=ctx.tok, n_samples=d.n_samples)
+    result = full_eval(ctx, dataclasses.replace(student, params=state.params), sampler)
+    result["final"] = _summarize(history)
+    result["warnings"] = sorted(monitor.raised)
+    return result
+
+
+def check_vocab(teacher_cfg: ModelConfig, student_cfg: ModelConfig) -> None:
+    """Teacher and student must share a vocabulary (ids index the same tokens)."""
+    if teacher_cfg.vocab_size != student_cfg.vocab_size:
+        raise ValueError(f"teacher vocab_size {teacher_cfg.vocab_size} != student vocab_size "
+                         f"{student_cfg.vocab_size}: distillation needs one shared vocabulary")
+
+
+def _quick_eval(ctx: Context, sampler, step: int, params) -> dict:
+    subset = ctx.test_set[:ctx.cfg.distill.eval_n]
+    plain = _accuracy(ctx, sampler, params, subset, False)
+    priv = _accuracy(ctx, sampler, params, subset, True)
+    return {"eval_acc": plain["acc"], "eval_priv_acc": priv["acc"]}
+
+
+def _summarize(history: list[dict]) -> dict:
+    """Means of the last quarter of logged records (a stable end-of-run value)."""
+    tail = history[-max(1, len(history) // 4):]
+    return {k: float(np.mean([h[k] for h in tail])) for k in SUMMARY_KEYS if k in tail[-1]}
+
+
+__all__ = ["Context", "Model", "Progress", "build_context", "distill_stage", "full_eval",
+           "make_spec", "student_stage", "teacher_stage", "tasks"]
