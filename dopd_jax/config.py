@@ -11,7 +11,7 @@ import dataclasses
 
 import ml_collections
 
-from dopd_jax.methods import METHODS, LossConfig
+from dopd_jax.methods import METHODS, PASSES, LossConfig
 
 PRIV_STUDENT_MODES = ("live", "frozen", "ema")
 
@@ -43,7 +43,7 @@ def base_config() -> ml_collections.ConfigDict:
         n_samples=4, lr=1e-3, warmup_steps=10, max_new_tokens=32, temperature=1.0,
         top_k=0, top_p=1.0, loss=loss, priv_student="", opsd_teacher="frozen",
         ema_decay=0.99, log_every=10, eval_every=100, eval_n=200,
-        log_plain_teacher=True)
+        log_passes=("teacher", "priv_teacher"))
     c.eval = dict(batch_size=256)
     c.lock()
     return c
@@ -94,6 +94,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     for stage in ("teacher", "student"):
         _check(0 <= c[stage].p_dropout <= 1, f"{stage}.p_dropout", "must be in [0, 1]")
         _check(c[stage].steps >= 1, f"{stage}.steps", "must be >= 1")
+    for p in d.log_passes:
+        _check(p in PASSES, "distill.log_passes", f"unknown pass {p!r}; valid: {PASSES}")
     _check(c.task.max_prompt_len >= 2, "task.max_prompt_len", "must be >= 2")
 
 

@@ -66,8 +66,10 @@ def _opd_like(target: str):
         if cfg.form == "pg":
             return losses.opd_pg_loss(
                 student_BTV, target_BTV, rollout.tokens_BT, rollout.mask_BT,
-                sampler_logp=rollout.sampler_logp_BT, is_clip=cfg.is_clip,
-                adv_clip=cfg.adv_clip)
+                # The truncated importance weight is opt-in: with a sampling temperature
+                # or top-k/top-p the sampler's log-probs differ from the scored ones.
+                sampler_logp=rollout.sampler_logp_BT if cfg.is_clip else None,
+                is_clip=cfg.is_clip, adv_clip=cfg.adv_clip, chunk_size=cfg.chunk_size)
         return losses.divergence_loss(
             student_BTV, target_BTV, rollout.tokens_BT, rollout.mask_BT,
             kind=cfg.kind, beta=cfg.beta, top_k=cfg.analytic_top_k or None,

@@ -34,12 +34,11 @@ def format_table(results: dict) -> str:
                      f"{_pct(ref['acc_priv']):>6} {'-':>8} {'-':>8} {'-':>7} {'-':>7}  -")
     for name, r in results.get("methods", {}).items():
         f = r.get("final", {})
-        kl_t = f.get("kl_plain_teacher", f.get("kl_teacher"))
         lines.append(
             f"{METHOD_LABELS.get(name, name):<22} {_pct(r['acc_test']):>6} "
             f"{_pct(r['acc_hard']):>6} {_pct(r['acc_priv']):>6} "
-            f"{_num(f.get('student_entropy')):>8} {_num(f.get('kl_priv_teacher')):>8} "
-            f"{_num(kl_t):>7} {_num(r.get('wall_time_s'), '{:.0f}'):>7}  {_regimes(f)}")
+            f"{_num(f.get('student_entropy')):>8} {_num(f.get('kl_to_priv_teacher')):>8} "
+            f"{_num(f.get('kl_to_teacher')):>7} {_num(r.get('wall_time_s'), '{:.0f}'):>7}  {_regimes(f)}")
         if r.get("warnings"):
             lines.append(f"{'':<22} warnings: {', '.join(r['warnings'])}")
     return "\n".join(lines)

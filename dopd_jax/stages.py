@@ -21,8 +21,8 @@ from dopd_jax.models import ModelConfig, Transformer
 from dopd_jax.tokenizer import Tokenizer, corpus_for_tokenizer, train_tokenizer
 
 SFT_FORMS = ("hints", "exec_hints", "answer")
-SUMMARY_KEYS = ("loss", "student_entropy", "target_entropy", "kl_priv_teacher",
-                "kl_plain_teacher", "kl_teacher", "kl_target", "A_bar", "qS_bar", "qT_bar",
+SUMMARY_KEYS = ("loss", "student_entropy", "target_entropy", "kl_to_priv_teacher",
+                "kl_to_teacher", "kl_to_priv_student", "A_bar", "qS_bar", "qT_bar",
                 "frac_LH", "frac_LL", "frac_HT", "frac_HS", "reward", "response_len")
 
 
@@ -80,7 +80,7 @@ def build_context(cfg, workdir: str, log) -> Context:
     if os.path.exists(path):
         tok = Tokenizer.load(path)
     else:
-        corpus = corpus_for_tokenizer([cfg.task.domain], cfg.tokenizer.corpus_size, cfg.seed)
+        corpus = corpus_for_tokenizer(sorted(tasks.DOMAINS), cfg.tokenizer.corpus_size, cfg.seed)
         tok = train_tokenizer(corpus, vocab_size=cfg.tokenizer.vocab_size)
         tok.save(path)
     kw = _task_kwargs(cfg)
@@ -189,7 +189,7 @@ def make_spec(cfg, method: str, tok) -> steps_lib.DistillSpec:
     return steps_lib.DistillSpec(
         method=get_method(method), loss=config_lib.loss_config(cfg), sampler=sampler,
         priv_student=config_lib.priv_student_mode(cfg, method), ema_decay=d.ema_decay,
-        log_plain_teacher=d.log_plain_teacher)
+        log_passes=tuple(d.log_passes))
 
 
 def distill_stage(ctx: Context, method: str, teacher: Model, student: Model, writer,

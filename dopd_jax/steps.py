@@ -22,7 +22,7 @@ import optax
 from flax import nnx
 
 from dopd_jax import diagnostics, rollout as rollout_lib
-from dopd_jax.methods import LossConfig, Method
+from dopd_jax.methods import PASSES, LossConfig, Method
 
 
 @functools.partial(jax.tree_util.register_dataclass,
@@ -72,7 +72,9 @@ class DistillSpec:
     sampler: rollout_lib.SamplerConfig
     priv_student: str = "live"  # "live" | "frozen" | "ema" (OPSD: live | frozen)
     ema_decay: float = 0.99
-    log_plain_teacher: bool = True  # DOPD/OPSD diagnostics: KL to the plain teacher
+    # Extra passes scored only for sampled-token KL diagnostics (methods.md section 4:
+    # every DOPD run logs KL to the privileged and to the plain teacher).
+    log_passes: tuple[str, ...] = ("teacher", "priv_teacher")
 
 
 def init_state(params, optimizer: optax.GradientTransformation, keep_ref: bool) -> TrainState:
@@ -97,9 +99,9 @@ def score_step(graphdef_s, graphdef_t, spec: DistillSpec, state: TrainState,
                teacher_params, batch: DistillBatch, ro: rollout_lib.Rollout) -> dict:
     """Scores the sampled responses under every target pass the method needs.
 
-    Returns a dict pass name -> logits_BTV (stop-gradient), aligned with
-    ``ro.tokens_BT``; plus ``teacher_logp_BT`` for the plain-teacher KL
-    diagnostic when requested and the method does not score it anyway.
+    Returns a dict pass name -> logits_BTV (stop-gradient) aligned with
+    ``ro.tokens_BT``, plus ``logp_<pass>_BT`` sampled-token log-probs of the
+    diagnostic passes (``spec.log_passes``) that the method does not use.
     """
     n = spec.sampler.n_samples
     priv_BQ = rollout_lib.repeat_rows(batch.priv_BQ, n)
@@ -113,9 +115,10 @@ def score_step(graphdef_s, graphdef_t, spec: DistillSpec, state: TrainState,
                                                   priv_BQ, priv_mask_BQ, ro.tokens_BT),
     }
     targets = {name: jax.lax.stop_gradient(passes[name]()) for name in spec.method.passes}
-    if spec.log_plain_teacher and "teacher" not in targets:
-        logits = jax.lax.stop_gradient(passes["teacher"]())
-        targets["teacher_logp_BT"] = _gather_logp(logits, ro.tokens_BT)
+    for name in spec.log_passes:
+        if name not in targets:
+            logits = jax.lax.stop_gradient(passes[name]())
+            targets[f"logp_{name}_BT"] = _gather_logp(logits, ro.tokens_BT)
     return targets
 
 
@@ -131,17 +134,20 @@ def _rollout_metrics(ro: rollout_lib.Rollout) -> dict:
             "num_tokens": lengths_B.sum()}
 
 
-def _plain_teacher_kl(student_BTV, targets, ro) -> dict:
-    """Sampled-token reverse-KL estimate of the student to the plain teacher."""
-    if "teacher" in targets:
-        t_logp = _gather_logp(targets["teacher"], ro.tokens_BT)
-    elif "teacher_logp_BT" in targets:
-        t_logp = targets["teacher_logp_BT"]
-    else:
-        return {}
+def _sampled_kls(student_BTV, targets, ro) -> dict:
+    """Sampled-token reverse-KL estimates ``kl_to_<pass>`` for every scored pass."""
     s_logp = _gather_logp(jax.lax.stop_gradient(student_BTV), ro.tokens_BT)
     m = ro.mask_BT.astype(jnp.float32)
-    return {"kl_plain_teacher": ((s_logp - t_logp) * m).sum() / jnp.maximum(m.sum(), 1.0)}
+    out = {}
+    for name in PASSES:
+        if name in targets:
+            t_logp = _gather_logp(targets[name], ro.tokens_BT)
+        elif f"logp_{name}_BT" in targets:
+            t_logp = targets[f"logp_{name}_BT"]
+        else:
+            continue
+        out[f"kl_to_{name}"] = ((s_logp - t_logp) * m).sum() / jnp.maximum(m.sum(), 1.0)
+    return out
 
 
 def update_step(graphdef_s, optimizer, spec: DistillSpec, state: TrainState,
@@ -166,7 +172,7 @@ def update_step(graphdef_s, optimizer, spec: DistillSpec, state: TrainState,
     metrics.update(diagnostics.token_stats(
         student_BTV, targets[spec.method.main_target], ro.tokens_BT, ro.mask_BT,
         top_k=min(spec.loss.top_k, student_BTV.shape[-1]), chunk_size=spec.loss.chunk_size))
-    metrics.update(_plain_teacher_kl(student_BTV, targets, ro))
+    metrics.update(_sampled_kls(student_BTV, targets, ro))
     metrics.update(_rollout_metrics(ro))
     return TrainState(params, opt_state, ref, state.step + 1), metrics
 
