@@ -8,6 +8,8 @@ offending key. Configs are locked, so a misspelt override
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 
 import ml_collections
 
@@ -47,6 +49,32 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval = dict(batch_size=256)
     c.lock()
     return c
+
+
+def shrink_to_smoke(c: ml_collections.ConfigDict) -> None:
+    """Shrinks a config of this family in place to run in about a minute on one core."""
+    c.teacher.model = model_config(32, 1, 2, 1, 64)
+    c.student.model = model_config(32, 1, 2, 1, 64)
+    c.teacher.steps, c.student.steps, c.distill.steps = 20, 10, 4
+    c.distill.log_every, c.distill.eval_every, c.distill.eval_n = 2, 4, 16
+    c.distill.batch_prompts, c.distill.n_samples, c.distill.max_new_tokens = 4, 2, 24
+    c.task.n_test, c.task.n_hard = 32, 32
+    c.tokenizer.corpus_size = 500
+    c.eval.batch_size = 32
+
+
+def to_json_dict(c: ml_collections.ConfigDict) -> dict:
+    """The config as plain JSON types (tuples become lists)."""
+    return json.loads(json.dumps(c.to_dict()))
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+    """The full config a workdir was run with (``workdir/config.json``)."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise ValueError(f"{path} not found: {workdir} is not an experiment workdir")
+    with open(path) as f:
+        return ml_collections.ConfigDict(json.load(f))
 
 
 def _check(cond: bool, key: str, msg: str) -> None:

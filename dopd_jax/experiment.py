@@ -61,7 +61,7 @@ def run_experiment(cfg: ml_collections.ConfigDict, workdir: str, *, progress=Non
         for method in cfg.distill.methods:
             path = os.path.join(workdir, "runs", method, "result.json")
             result = _load_json(path)
-            distill_cfg = json.loads(json.dumps(cfg.distill.to_dict()))
+            distill_cfg = config_lib.to_json_dict(cfg.distill)
             if result is None or result.get("distill_config") != distill_cfg:
                 t0 = time.perf_counter()
                 result = stages.distill_stage(ctx, method, teacher, student, writer, progress)
@@ -96,18 +96,15 @@ _STAGE_KEYS = ("seed", "task", "tokenizer", "teacher", "student")
 def _check_config_matches(cfg, workdir) -> None:
     """Refuses to reuse stage outputs made under a different config."""
     path = os.path.join(workdir, "config.json")
-    current = {k: cfg[k].to_dict() if hasattr(cfg[k], "to_dict") else cfg[k]
-               for k in _STAGE_KEYS}
-    current = json.loads(json.dumps(current))
+    current = config_lib.to_json_dict(cfg)
     saved = _load_json(path)
-    if saved is None:
-        _save_json(path, current)
-        return
-    diff = sorted(k for k in _STAGE_KEYS if saved.get(k) != current[k])
-    if diff:
-        raise ValueError(
-            f"workdir {workdir} holds stages built with a different config (keys {diff} "
-            "differ); use a fresh --workdir or restore the original settings")
+    if saved is not None:
+        diff = sorted(k for k in _STAGE_KEYS if saved.get(k) != current[k])
+        if diff:
+            raise ValueError(
+                f"workdir {workdir} holds stages built with a different config (keys {diff} "
+                "differ); use a fresh --workdir or restore the original settings")
+    _save_json(path, current)
 
 
 __all__ = ["run_experiment", "evaluate"]

@@ -86,7 +86,28 @@ def build_context(cfg, workdir: str, log) -> Context:
     kw = _task_kwargs(cfg)
     test = pipeline.eval_set(cfg.task.domain, "test", cfg.task.n_test, cfg.seed + 1, **kw)
     hard = pipeline.eval_set(cfg.task.domain, "hard", cfg.task.n_hard, cfg.seed + 2, **kw)
-    return Context(cfg, workdir, tok, test, hard, log)
+    ctx = Context(cfg, workdir, tok, test, hard, log)
+    check_lengths(ctx)
+    return ctx
+
+
+def check_lengths(ctx: Context) -> None:
+    """Encodes the evaluation sets and a training batch up front, so a prompt or
+    sequence longer than the configured maximum fails before anything compiles
+    (the error names the row and the lengths)."""
+    t = ctx.cfg.task
+    for name, examples in (("test", ctx.test_set), ("hard", ctx.hard_set),
+                           ("train", next(iter(distill_examples(ctx, ctx.cfg.seed))))):
+        try:
+            encode.encode_prompts(examples, ctx.tok, form=t.priv_form,
+                                  max_prompt_len=t.max_prompt_len, max_priv_len=t.max_priv_len)
+            for stage in ("teacher", "student"):
+                encode.encode_sft(examples, ctx.tok, form=SFT_FORMS, p_dropout=0.0,
+                                  rng=np.random.default_rng(0), max_len=ctx.cfg[stage].max_len)
+        except ValueError as e:
+            raise ValueError(f"{name} split does not fit the configured lengths "
+                             f"(task.max_prompt_len / task.max_priv_len / "
+                             f"teacher.max_len / student.max_len): {e}") from e
 
 
 def _task_kwargs(cfg) -> dict:
@@ -166,12 +187,17 @@ def full_eval(ctx: Context, model: Model, sampler=None) -> dict:
             "response_len": test["response_len"], "truncated_frac": test["truncated_frac"]}
 
 
-def _distill_batches(ctx: Context, seed: int):
+def distill_examples(ctx: Context, seed: int):
+    """The stream of distillation prompts (lists of examples), resumable by index."""
     c = ctx.cfg
-    stream = pipeline.TrainStream([c.task.domain], c.distill.batch_prompts, seed,
-                                  **_task_kwargs(c))
-    while True:
-        examples = next(stream)
+    return pipeline.TrainStream([c.task.domain], c.distill.batch_prompts, seed,
+                                **_task_kwargs(c))
+
+
+def distill_batches(ctx: Context, seed: int):
+    """Yields ``(examples, DistillBatch)`` of the distillation prompt stream."""
+    c = ctx.cfg
+    for examples in distill_examples(ctx, seed):
         arr = evaluate.prompt_arrays(examples, ctx.tok, form=c.task.priv_form,
                                      max_prompt_len=c.task.max_prompt_len,
                                      max_priv_len=c.task.max_priv_len)
@@ -215,7 +241,7 @@ def distill_stage(ctx: Context, method: str, teacher: Model, student: Model, wri
         evaluate=functools.partial(_quick_eval, ctx, sampler), eval_every=d.eval_every,
         log_every=d.log_every, warn=lambda msg: ctx.log(f"WARNING [{method}] {msg}"))
     state, monitor = train.run_distill(
-        fns, state, teacher.params, _distill_batches(ctx, c.seed + 300), d.steps,
+        fns, state, teacher.params, distill_batches(ctx, c.seed + 300), d.steps,
         jax.random.key(c.seed + 400), hooks, tok=ctx.tok, n_samples=d.n_samples)
     result = full_eval(ctx, dataclasses.replace(student, params=state.params), sampler)
     result["final"] = _summarize(history)

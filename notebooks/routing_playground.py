@@ -1,0 +1,98 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent,ipynb
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+# ---
+
+# %% [markdown]
+# # Routing playground: prototype DOPD routing rules on captured token statistics
+#
+# DOPD routes every response token by the gap between the privileged teacher and
+# the privileged student (methods.md section 4). This notebook captures one
+# on-policy batch of per-token statistics from a trained teacher and a warmed-up
+# student, then compares routing rules on those arrays, with no training code.
+#
+# It reuses the teacher and student of a main-experiment workdir
+# (`DOPD_WORKDIR`, default `runs/main`); without one it builds the smoke-size
+# stages in a temporary directory (about 15 s on a CPU).
+
+# %%
+import os
+import tempfile
+
+import jax
+import numpy as np
+
+from dopd_jax import analysis, config as config_lib, routing, stages
+from dopd_jax.metric_writer import MetricWriter
+
+workdir = os.environ.get("DOPD_WORKDIR", "runs/main")
+if os.path.exists(os.path.join(workdir, "student_init")):
+    cfg = config_lib.load_config(workdir)
+    smoke = False
+else:
+    workdir, smoke = tempfile.mkdtemp(prefix="dopd_playground_"), True
+    cfg = config_lib.base_config()
+    config_lib.shrink_to_smoke(cfg)
+print("workdir:", workdir, "(smoke stages)" if smoke else "")
+
+# %%
+ctx = stages.build_context(cfg, workdir, print)
+progress = stages.Progress(cfg.teacher.steps + cfg.student.steps)
+writer = MetricWriter(workdir, tensorboard=False)
+teacher = stages.teacher_stage(ctx, writer, progress)
+student = stages.student_stage(ctx, writer, progress)
+progress.close()
+
+# %% [markdown]
+# ## Capture one on-policy batch
+# Larger batches give steadier batch reference values (`A_bar`, `qS_bar`, `qT_bar`).
+
+# %%
+spec = stages.make_spec(cfg, "dopd", ctx.tok)
+examples, batch = next(stages.distill_batches(ctx, seed=1234))
+stats = analysis.capture_token_stats(spec, student, teacher, batch, examples, jax.random.key(0))
+print({k: v.shape for k, v in stats.items()})
+print("misleading rows:", int(stats["misleading"].sum()), "of", len(stats["misleading"]))
+
+# %% [markdown]
+# ## The paper's rule, and two variants
+# `dopd_regimes` is the rule `dopd_loss` uses. A fixed gap threshold and a
+# confidence-only rule show how a prototype plugs in: any function returning
+# 0/1 masks that partition the valid tokens.
+
+# %%
+def confidence_only(gap, qS, qT, mask):
+    """Ignore the gap: strong JS where the teacher is more confident, else weak."""
+    valid = np.asarray(mask, bool)
+    ht = valid & (qT >= qS)
+    return {"LH": np.zeros_like(valid), "LL": valid & ~ht, "HT": ht,
+            "HS": np.zeros_like(valid)}
+
+
+rules = {
+    "dopd (trimmed batch mean)": lambda g, s, t, m: routing.dopd_regimes(g, s, t, m)[0],
+    "dopd (fixed gap 0.5)": lambda g, s, t, m: routing.dopd_regimes(g, s, t, m, gap_threshold=0.5)[0],
+    "confidence only": confidence_only,
+}
+for name, rule in rules.items():
+    regimes = jax.device_get(rule(stats["gap"], stats["qS"], stats["qT"], stats["mask"]))
+    honest = analysis.regime_shares(regimes, stats["mask"], ~stats["misleading"])
+    misled = analysis.regime_shares(regimes, stats["mask"], stats["misleading"])
+    print(f"{name:<28} honest rows:", {k: f"{v:.0%}" for k, v in honest.items()})
+    print(f"{'':<28} misleading rows:", {k: f"{v:.0%}" for k, v in misled.items()})
+
+# %% [markdown]
+# ## Where do the large gaps fall?
+# Mean gap per response position: large gaps early in the response are where the
+# privileged teacher's plan differs from the privileged student's.
+
+# %%
+mask = stats["mask"].astype(float)
+per_pos = (stats["gap"] * mask).sum(0) / np.maximum(mask.sum(0), 1)
+print(np.round(per_pos, 2))
+_, refs = routing.dopd_regimes(stats["gap"], stats["qS"], stats["qT"], stats["mask"])
+print({k: round(float(v), 3) for k, v in refs.items()})

@@ -1,0 +1,169 @@
+"""Step functions: learning on a fixed batch, trace guards, jit parity, ref params."""
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from dopd_jax import rollout as rollout_lib
+from dopd_jax import steps
+from dopd_jax.methods import METHODS, LossConfig, get_method
+from dopd_jax.models import ModelConfig, Transformer
+
+V = 24
+EOS, PAD = 1, 0
+
+
+def _model(seed, d=16):
+    cfg = ModelConfig(vocab_size=V, d_model=d, n_layers=1, n_heads=2, n_kv_heads=1,
+                      head_dim=d // 2, d_ff=2 * d)
+    return nnx.split(Transformer(cfg, rngs=nnx.Rngs(seed)))
+
+
+def _batch(rng, b=4, p=6, q=10):
+    lens = rng.integers(2, p + 1, size=b)
+    prompt = np.zeros((b, p), np.int32)
+    mask = np.zeros((b, p), bool)
+    priv = np.zeros((b, q), np.int32)
+    pmask = np.zeros((b, q), bool)
+    for i, n in enumerate(lens):
+        ids = rng.integers(4, V, size=n)
+        hint = rng.integers(4, V, size=q - p)
+        prompt[i, p - n:], mask[i, p - n:] = ids, True
+        full = np.concatenate([ids, hint])
+        priv[i, q - len(full):], pmask[i, q - len(full):] = full, True
+    return steps.DistillBatch(jnp.asarray(prompt), jnp.asarray(mask), jnp.asarray(priv),
+                              jnp.asarray(pmask))
+
+
+def _spec(method, priv_student="live", **loss_kw):
+    sampler = rollout_lib.SamplerConfig(max_new_tokens=8, eos_id=EOS, pad_id=PAD, n_samples=2)
+    loss = LossConfig(top_k=8, **loss_kw)
+    return steps.DistillSpec(get_method(method), loss, sampler, priv_student=priv_student)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    gs, ps = _model(0)
+    gt, pt = _model(1, d=24)
+    return gs, ps, gt, pt, _batch(np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("method,loss_kw", [
+    ("dopd", {}), ("opd", {"form": "analytic"}), ("opsd", {}), ("privt", {"form": "analytic"}),
+])
+def test_update_lowers_loss_on_fixed_batch(setup, method, loss_kw):
+    gs, ps, gt, pt, batch = setup
+    spec = _spec(method, priv_student="frozen" if method == "opsd" else "live", **loss_kw)
+    opt = optax.adam(3e-2)
+    state = steps.init_state(jax.tree.map(jnp.copy, ps), opt, keep_ref=method == "opsd")
+    ro = steps.rollout_step(gs, spec, state, batch, jax.random.key(0))
+    targets = steps.score_step(gs, gt, spec, state, pt, batch, ro)
+    update = jax.jit(functools.partial(steps.update_step, gs, opt, spec))
+    losses = []
+    for _ in range(15):
+        state, m = update(state, ro, targets)
+        losses.append(float(m["loss"]))
+    assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_pg_update_lowers_sampled_kl(setup):
+    gs, ps, gt, pt, batch = setup
+    spec = _spec("opd")
+    opt = optax.adam(3e-2)
+    state = steps.init_state(jax.tree.map(jnp.copy, ps), opt, keep_ref=False)
+    ro = steps.rollout_step(gs, spec, state, batch, jax.random.key(0))
+    targets = steps.score_step(gs, gt, spec, state, pt, batch, ro)
+    update = jax.jit(functools.partial(steps.update_step, gs, opt, spec))
+    kls = []
+    for _ in range(15):
+        state, m = update(state, ro, targets)
+        kls.append(float(m["kl_to_teacher"]))
+    assert kls[-1] < kls[0] - 0.1, kls
+
+
+def test_distill_fns_trace_once(setup):
+    gs, ps, gt, pt, _ = setup
+    traces = []
+    base = get_method("dopd")
+
+    def counting_loss(*args):
+        traces.append(1)
+        return base.loss_fn(*args)
+
+    spec = dataclasses.replace(_spec("dopd"), method=dataclasses.replace(base, loss_fn=counting_loss))
+    opt = optax.adam(1e-3)
+    fns = steps.make_distill_fns(gs, gt, opt, spec)
+    state = steps.init_state(jax.tree.map(jnp.copy, ps), opt, keep_ref=False)
+    rng = np.random.default_rng(1)
+    for _ in range(3):
+        batch = _batch(rng)  # new data, same shapes: must not retrace
+        ro = fns.rollout(state, batch, jax.random.key(0))
+        targets = fns.score(state, pt, batch, ro)
+        state, _ = fns.update(state, ro, targets)
+    assert len(traces) == 1
+    assert int(state.step) == 3
+
+
+def test_distill_step_jit_parity(setup):
+    gs, ps, gt, pt, batch = setup
+    spec = _spec("dopd")
+    opt = optax.adam(1e-3)
+    step = functools.partial(steps.distill_step, gs, gt, opt, spec)
+    state = steps.init_state(ps, opt, keep_ref=False)
+    s1, m1 = step(state, pt, batch, jax.random.key(3))
+    s2, m2 = jax.jit(step)(state, pt, batch, jax.random.key(3))
+    for k in ("loss", "frac_HS", "A_bar", "kl_to_teacher", "kl_to_priv_teacher"):
+        np.testing.assert_allclose(m1[k], m2[k], rtol=1e-4, atol=1e-5, err_msg=k)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+                 s1.params, s2.params)
+
+
+def test_teacher_params_get_no_update_and_ref_modes(setup):
+    gs, ps, gt, pt, batch = setup
+    opt = optax.adam(1e-2)
+    for mode in ("frozen", "ema"):
+        spec = _spec("dopd", priv_student=mode)
+        state = steps.init_state(jax.tree.map(jnp.copy, ps), opt, keep_ref=True)
+        ref0 = jax.tree.map(jnp.copy, state.ref_params)
+        new, _ = steps.distill_step(gs, gt, opt, spec, state, pt, batch, jax.random.key(0))
+        delta = optax.global_norm(jax.tree.map(jnp.subtract, new.ref_params, ref0))
+        assert (float(delta) == 0.0) == (mode == "frozen"), mode
+
+
+def test_score_step_logs_extra_passes(setup):
+    gs, ps, gt, pt, batch = setup
+    spec = _spec("opsd", priv_student="frozen")
+    state = steps.init_state(ps, optax.adam(1e-3), keep_ref=True)
+    ro = steps.rollout_step(gs, spec, state, batch, jax.random.key(0))
+    targets = steps.score_step(gs, gt, spec, state, pt, batch, ro)
+    assert set(targets) == {"priv_student", "logp_teacher_BT", "logp_priv_teacher_BT"}
+    assert targets["priv_student"].shape == ro.tokens_BT.shape + (V,)
+
+
+def test_sft_step_lowers_loss():
+    gs, ps = _model(0)
+    opt = optax.adam(1e-2)
+    state = steps.init_state(ps, opt, keep_ref=False)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(4, V, size=(4, 9)).astype(np.int32)
+    batch = steps.SFTBatch(jnp.asarray(ids[:, :-1]), jnp.asarray(ids[:, 1:]),
+                           jnp.asarray(np.arange(8)[None].repeat(4, 0) >= 3))
+    fn = steps.make_sft_fn(gs, opt)
+    first = None
+    for _ in range(20):
+        state, m = fn(state, batch)
+        first = first if first is not None else float(m["loss"])
+    assert float(m["loss"]) < 0.5 * first
+
+
+def test_every_method_is_registered_with_known_passes():
+    for m in METHODS.values():
+        assert m.main_target in m.passes
+        assert set(m.passes) <= {"teacher", "priv_teacher", "priv_student"}
+    with pytest.raises(ValueError, match="unknown method 'gkd2'"):
+        get_method("gkd2")
