@@ -7,6 +7,7 @@ offending key. Configs are locked, so a misspelt override
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
@@ -45,7 +46,11 @@ def base_config() -> ml_collections.ConfigDict:
         n_samples=4, lr=1e-3, warmup_steps=10, max_new_tokens=32, temperature=1.0,
         top_k=0, top_p=1.0, loss=loss, priv_student="", opsd_teacher="frozen",
         ema_decay=0.99, log_every=10, eval_every=100, eval_n=200,
-        log_passes=("teacher", "priv_teacher"))
+        log_passes=("teacher", "priv_teacher"),
+        # Named variants usable in ``methods``: a method plus distill overrides.
+        variants=dict(
+            dopd_hs_teacher=dict(method="dopd", loss=dict(hs_target="teacher")),
+            dopd_frozen=dict(method="dopd", priv_student="frozen")))
     c.eval = dict(batch_size=256)
     c.lock()
     return c
@@ -77,58 +82,53 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
         return ml_collections.ConfigDict(json.load(f))
 
 
-def _check(cond: bool, key: str, msg: str) -> None:
-    if not cond:
-        raise ValueError(f"config.{key}: {msg}")
+def loss_config(d: ml_collections.ConfigDict) -> LossConfig:
+    """Converts a distill config's ``loss`` block into the static ``LossConfig``."""
+    kw = d.loss.to_dict()
+    kw["gap_threshold"] = None if kw["gap_threshold"] < 0 else float(kw["gap_threshold"])
+    kw["is_clip"] = tuple(kw["is_clip"]) or None
+    kw["adv_clip"] = kw["adv_clip"] or None
+    kw["chunk_size"] = kw["chunk_size"] or None
+    return LossConfig(**kw)
 
 
-def loss_config(c: ml_collections.ConfigDict) -> LossConfig:
-    """Converts ``config.distill.loss`` into the static ``LossConfig``."""
-    d = c.distill.loss.to_dict()
-    d["gap_threshold"] = None if d["gap_threshold"] < 0 else float(d["gap_threshold"])
-    d["is_clip"] = tuple(d["is_clip"]) or None
-    d["adv_clip"] = d["adv_clip"] or None
-    d["chunk_size"] = d["chunk_size"] or None
-    return LossConfig(**d)
-
-
-def validate(c: ml_collections.ConfigDict) -> None:
-    """Checks every field a run depends on; raises ValueError naming the key."""
-    d = c.distill
-    for m in d.methods:
-        _check(m in METHODS, "distill.methods", f"unknown method {m!r}; valid: {sorted(METHODS)}")
-    needs_p = [m for m in d.methods if METHODS[m].needs_privilege]
-    _check(not needs_p or c.task.priv_form != "none", "task.priv_form",
-           f"methods {needs_p} need privileged context but priv_form is 'none'")
-    _check(d.temperature > 0, "distill.temperature", f"must be > 0, got {d.temperature}")
-    _check(0 < d.top_p <= 1, "distill.top_p", f"must be in (0, 1], got {d.top_p}")
-    _check(d.top_k >= 0, "distill.top_k", f"must be >= 0 (0 = off), got {d.top_k}")
-    _check(d.loss.top_k >= 1, "distill.loss.top_k", f"must be >= 1, got {d.loss.top_k}")
-    _check(d.loss.form in ("pg", "analytic"), "distill.loss.form",
-           f"must be 'pg' or 'analytic', got {d.loss.form!r}")
-    for k in ("kind", "opsd_kind"):
-        _check(d.loss[k] in ("fkl", "rkl", "jsd"), f"distill.loss.{k}",
-               f"must be 'fkl', 'rkl' or 'jsd', got {d.loss[k]!r}")
-    _check(d.loss.topk_mode in ("renormalize", "generalized"), "distill.loss.topk_mode",
-           f"must be 'renormalize' or 'generalized', got {d.loss.topk_mode!r}")
-    _check(d.loss.hs_target in ("priv_student", "teacher"), "distill.loss.hs_target",
-           f"must be 'priv_student' or 'teacher', got {d.loss.hs_target!r}")
-    _check(d.priv_student in ("",) + PRIV_STUDENT_MODES, "distill.priv_student",
-           f"must be one of {PRIV_STUDENT_MODES} (or '' for the method default)")
-    _check(d.opsd_teacher in ("frozen", "live"), "distill.opsd_teacher",
-           f"must be 'frozen' or 'live', got {d.opsd_teacher!r}")
-    for key in ("steps", "batch_prompts", "n_samples", "max_new_tokens", "log_every"):
-        _check(d[key] >= 1, f"distill.{key}", f"must be >= 1, got {d[key]}")
-    for stage in ("teacher", "student"):
-        _check(0 <= c[stage].p_dropout <= 1, f"{stage}.p_dropout", "must be in [0, 1]")
-        _check(c[stage].steps >= 1, f"{stage}.steps", "must be >= 1")
-    for p in d.log_passes:
-        _check(p in PASSES, "distill.log_passes", f"unknown pass {p!r}; valid: {PASSES}")
-    _check(c.task.max_prompt_len >= 2, "task.max_prompt_len", "must be >= 2")
-
-
-def priv_student_mode(c: ml_collections.ConfigDict, method: str) -> str:
+def priv_student_mode(d: ml_collections.ConfigDict, method: str) -> str:
     """Where the privileged student's parameters come from for ``method``."""
     if method == "opsd":
-        return "frozen" if c.distill.opsd_teacher == "frozen" else "live"
-    return c.distill.priv_student or "live"
+        return "frozen" if d.opsd_teacher == "frozen" else "live"
+    return d.priv_student or "live"
+
+
+def resolve_run(c: ml_collections.ConfigDict, name: str):
+    """A run of ``distill.methods``: a method name, or a key of ``distill.variants``.
+
+    Returns:
+      ``(method_name, distill_config)`` where the distill config carries the
+      variant's overrides (a copy; ``c`` is not modified).
+
+    Raises:
+      ValueError: unknown run name, or a variant overriding an unknown field.
+    """
+    d = copy.deepcopy(c.distill)
+    if name in METHODS:
+        return name, d
+    if name not in d.variants:
+        raise ValueError(f"config.distill.methods: unknown method {name!r}; valid methods: "
+                         f"{sorted(METHODS)}, variants: {sorted(d.variants)}")
+    overrides = d.variants[name].to_dict()
+    method = overrides.pop("method", None)
+    if method not in METHODS:
+        raise ValueError(f"config.distill.variants.{name}.method: unknown method {method!r}; "
+                         f"valid: {sorted(METHODS)}")
+    _apply(d, overrides, f"distill.variants.{name}")
+    return method, d
+
+
+def _apply(target: ml_collections.ConfigDict, overrides: dict, where: str) -> None:
+    for key, value in overrides.items():
+        if key not in target:
+            raise ValueError(f"config.{where}: {key!r} is not a distill field")
+        if isinstance(value, dict):
+            _apply(target[key], value, f"{where}.{key}")
+        else:
+            target[key] = value

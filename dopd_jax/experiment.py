@@ -17,7 +17,7 @@ import time
 import ml_collections
 
 from dopd_jax import config as config_lib
-from dopd_jax import evaluate, stages
+from dopd_jax import evaluate, stages, validation
 from dopd_jax.metric_writer import MetricWriter
 from dopd_jax.report import format_table
 
@@ -47,7 +47,7 @@ def run_experiment(cfg: ml_collections.ConfigDict, workdir: str, *, progress=Non
       progress: optional ``stages.Progress`` (a tqdm bar by default).
       log: sink for human-readable messages (warnings included).
     """
-    config_lib.validate(cfg)
+    validation.validate(cfg)
     os.makedirs(workdir, exist_ok=True)
     _check_config_matches(cfg, workdir)
     writer = MetricWriter(workdir)
@@ -61,7 +61,7 @@ def run_experiment(cfg: ml_collections.ConfigDict, workdir: str, *, progress=Non
         for method in cfg.distill.methods:
             path = os.path.join(workdir, "runs", method, "result.json")
             result = _load_json(path)
-            distill_cfg = config_lib.to_json_dict(cfg.distill)
+            distill_cfg = config_lib.to_json_dict(config_lib.resolve_run(cfg, method)[1])
             if result is None or result.get("distill_config") != distill_cfg:
                 t0 = time.perf_counter()
                 result = stages.distill_stage(ctx, method, teacher, student, writer, progress)

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 METHOD_LABELS = {"opd": "vanilla OPD (T->S)", "privt": "Priv.T->S", "opsd": "OPSD",
-                 "dopd": "DOPD"}
+                 "dopd": "DOPD", "dopd_hs_teacher": "DOPD hs_target=teacher",
+                 "dopd_frozen": "DOPD priv_student=frozen"}
 
 
 def _pct(x) -> str:

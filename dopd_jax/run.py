@@ -13,7 +13,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from dopd_jax import config as config_lib
+from dopd_jax import validation
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment module (path[:arg]).",
                                           lock_config=True)
@@ -27,7 +27,7 @@ def main(argv) -> None:
         logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     cfg = _CONFIG.value
     try:
-        config_lib.validate(cfg)
+        validation.validate(cfg)
     except ValueError as e:
         sys.exit(f"error: {e}")
     from dopd_jax.experiment import run_experiment  # after validation: imports JAX

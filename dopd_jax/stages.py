@@ -205,25 +205,29 @@ def distill_batches(ctx: Context, seed: int):
                                                arr.priv_BQ, arr.priv_mask_BQ)
 
 
-def make_spec(cfg, method: str, tok) -> steps_lib.DistillSpec:
-    """The static step description of ``method`` under ``cfg``."""
-    d = cfg.distill
+def make_spec(d, method: str, tok) -> steps_lib.DistillSpec:
+    """The static step description of ``method`` under the distill config ``d``."""
     sampler = rollout_lib.SamplerConfig(
         max_new_tokens=d.max_new_tokens, eos_id=tok.eos_id, pad_id=tok.pad_id,
         temperature=d.temperature, top_k=d.top_k, top_p=d.top_p, n_samples=d.n_samples)
     sampler.validate()
     return steps_lib.DistillSpec(
-        method=get_method(method), loss=config_lib.loss_config(cfg), sampler=sampler,
-        priv_student=config_lib.priv_student_mode(cfg, method), ema_decay=d.ema_decay,
+        method=get_method(method), loss=config_lib.loss_config(d), sampler=sampler,
+        priv_student=config_lib.priv_student_mode(d, method), ema_decay=d.ema_decay,
         log_passes=tuple(d.log_passes))
 
 
-def distill_stage(ctx: Context, method: str, teacher: Model, student: Model, writer,
+def distill_stage(ctx: Context, run: str, teacher: Model, student: Model, writer,
                   progress) -> dict:
-    """Distils the student init with ``method``; returns its evaluation summary."""
-    c, d = ctx.cfg, ctx.cfg.distill
+    """Distils the student init with run ``run`` (a method or a variant of one).
+
+    Returns:
+      the evaluation summary: accuracies, end-of-run metric means, warnings.
+    """
+    c = ctx.cfg
+    method, d = config_lib.resolve_run(c, run)
     check_vocab(teacher.config, student.config)
-    spec = make_spec(c, method, ctx.tok)
+    spec = make_spec(d, method, ctx.tok)
     opt = train.make_optimizer(d.lr, d.warmup_steps, d.steps)
     params = jax.tree.map(jnp.copy, student.params)  # the update donates its state
     state = steps_lib.init_state(params, opt, keep_ref=spec.priv_student != "live")
@@ -233,19 +237,20 @@ def distill_stage(ctx: Context, method: str, teacher: Model, student: Model, wri
 
     def write(step, m):
         history.append(m)
-        writer.write(f"distill/{method}", step, m)
+        writer.write(f"distill/{run}", step, m)
 
-    progress.stage(f"distill/{method}")
+    progress.stage(f"distill/{run}")
     hooks = train.LoopHooks(
         write=write, progress=lambda s, m: progress.advance(d.log_every, m),
         evaluate=functools.partial(_quick_eval, ctx, sampler), eval_every=d.eval_every,
-        log_every=d.log_every, warn=lambda msg: ctx.log(f"WARNING [{method}] {msg}"))
+        log_every=d.log_every, warn=lambda msg: ctx.log(f"WARNING [{run}] {msg}"))
     state, monitor = train.run_distill(
         fns, state, teacher.params, distill_batches(ctx, c.seed + 300), d.steps,
         jax.random.key(c.seed + 400), hooks, tok=ctx.tok, n_samples=d.n_samples)
     result = full_eval(ctx, dataclasses.replace(student, params=state.params), sampler)
     result["final"] = _summarize(history)
     result["warnings"] = sorted(monitor.raised)
+    result["method"] = method
     return result
 
 

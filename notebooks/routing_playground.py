@@ -52,7 +52,7 @@ progress.close()
 # Larger batches give steadier batch reference values (`A_bar`, `qS_bar`, `qT_bar`).
 
 # %%
-spec = stages.make_spec(cfg, "dopd", ctx.tok)
+spec = stages.make_spec(cfg.distill, "dopd", ctx.tok)
 examples, batch = next(stages.distill_batches(ctx, seed=1234))
 stats = analysis.capture_token_stats(spec, student, teacher, batch, examples, jax.random.key(0))
 print({k: v.shape for k, v in stats.items()})

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from dopd_jax import config as config_lib
+from dopd_jax import config as config_lib, validation
 from dopd_jax.metric_writer import read_metrics
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -104,9 +104,9 @@ def test_privileged_methods_need_privileged_context():
     c = _smoke_config()
     c.task.priv_form = "none"
     with pytest.raises(ValueError, match="need privileged context"):
-        config_lib.validate(c)
+        validation.validate(c)
     c.distill.methods = ("opd",)
-    config_lib.validate(c)  # vanilla OPD needs no privilege
+    validation.validate(c)  # vanilla OPD needs no privilege
 
 
 def test_prompt_longer_than_maximum_fails_before_training(tmp_path):
