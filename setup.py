@@ -15,6 +15,8 @@ INSTALL_REQUIRES = [
     "absl-py==2.5.1",
     "tqdm==4.70.1",
     "tensorboardX==2.6.5",
+    "tokenizers==0.23.3",
+    "safetensors==0.8.0",
 ]
 
 EXTRAS = {
