@@ -17,6 +17,7 @@ STEP_KEYS = {"loss", "student_entropy", "target_entropy", "kl_to_teacher", "kl_t
              "student_topk_mass", "target_topk_mass", "topk_overlap", "response_len",
              "truncated_frac", "reward", "time_rollout", "time_score", "time_update",
              "tokens_per_sec"}
+RUNS = ("opd", "privt", "opsd", "dopd", "dopd_hs_teacher", "dopd_frozen")
 DOPD_KEYS = {"frac_LH", "frac_LL", "frac_HT", "frac_HS", "loss_LH", "loss_HT", "gap_HS",
              "A_bar", "qS_bar", "qT_bar"}
 
@@ -39,18 +40,19 @@ def smoke_run(tmp_path_factory):
 
 def test_smoke_prints_table_with_every_method(smoke_run):
     _, proc = smoke_run
-    for label in ("vanilla OPD (T->S)", "Priv.T->S", "OPSD", "DOPD", "teacher", "student_init"):
+    for label in ("vanilla OPD (T->S)", "Priv.T->S", "OPSD", "DOPD", "DOPD hs_target=teacher",
+                  "DOPD priv_student=frozen", "teacher", "student_init"):
         assert label in proc.stdout + proc.stderr, label
 
 
 def test_smoke_writes_results_and_metrics(smoke_run):
     workdir, _ = smoke_run
     results = json.loads((workdir / "results.json").read_text())
-    assert set(results["methods"]) == {"opd", "privt", "opsd", "dopd"}
+    assert set(results["methods"]) == set(RUNS)
     for r in results["methods"].values():
         assert 0.0 <= r["acc_test"] <= 1.0 and 0.0 <= r["acc_hard"] <= 1.0
         assert r["wall_time_s"] > 0
-    for method in ("opd", "privt", "opsd", "dopd"):
+    for method in RUNS:
         rows = read_metrics(str(workdir), f"distill/{method}")
         assert len(rows) == 2  # steps 2 and 4 of the smoke config
         missing = STEP_KEYS - set(rows[-1])
