@@ -213,16 +213,43 @@ class DistillFns:
     update: Any
 
 
-def make_distill_fns(graphdef_s, graphdef_t, optimizer, spec: DistillSpec) -> DistillFns:
-    """Binds static configuration and jits the three phases of a step."""
+def make_distill_fns(graphdef_s, graphdef_t, optimizer, spec: DistillSpec,
+                     shardings=None) -> DistillFns:
+    """Binds static configuration and jits the three phases of a step.
+
+    Args:
+      graphdef_s, graphdef_t: student / teacher graphdefs (``nnx.split``).
+      optimizer: the student's optax transformation.
+      spec: static step description.
+      shardings: ``sharding.StepShardings`` (``sharding.step_shardings``), or
+        None to leave placement to JAX. With shardings every phase states its
+        in/out shardings (``StepShardings.jit_kwargs``); the state and teacher
+        params must already be placed in them. The state is donated to the
+        update; the teacher params never are.
+
+    Returns:
+      DistillFns(rollout(state, batch, key), score(state, teacher_params,
+      batch, ro), update(state, ro, targets)), called positionally.
+    """
+    jit_kwargs = (lambda phase: {}) if shardings is None else shardings.jit_kwargs
     return DistillFns(
-        rollout=jax.jit(functools.partial(rollout_step, graphdef_s, spec)),
-        score=jax.jit(functools.partial(score_step, graphdef_s, graphdef_t, spec)),
+        rollout=jax.jit(functools.partial(rollout_step, graphdef_s, spec),
+                        **jit_kwargs("rollout")),
+        score=jax.jit(functools.partial(score_step, graphdef_s, graphdef_t, spec),
+                      **jit_kwargs("score")),
         update=jax.jit(functools.partial(update_step, graphdef_s, optimizer, spec),
-                       donate_argnames=("state",)),
+                       donate_argnames=("state",), **jit_kwargs("update")),
     )
 
 
-def make_sft_fn(graphdef, optimizer):
-    """Jits the SFT step with the state donated."""
-    return jax.jit(functools.partial(sft_step, graphdef, optimizer), donate_argnames=("state",))
+def make_sft_fn(graphdef, optimizer, shardings=None):
+    """Jits the SFT step ``(state, batch) -> (state, metrics)`` with the state donated.
+
+    Args:
+      graphdef: the model's graphdef.
+      optimizer: its optax transformation.
+      shardings: ``sharding.StepShardings`` or None (see ``make_distill_fns``).
+    """
+    jit_kwargs = {} if shardings is None else shardings.jit_kwargs("sft")
+    return jax.jit(functools.partial(sft_step, graphdef, optimizer),
+                   donate_argnames=("state",), **jit_kwargs)
