@@ -226,6 +226,42 @@ def token_divergence(student_logits_BTV, target_logits_BTV, *, kind,
                          chunk_size=chunk_size)
 
 
+def token_divergences(student_logits_BTV, targets, requests, *, topk_mode="renormalize",
+                      chunk_size=None):
+    """Several per-token divergences of one student in a single chunked pass.
+
+    One pass matters for memory: the backward pass of each separate chunked
+    scan accumulates its own full ``[B, T, V]`` gradient of the student logits,
+    so k separate calls hold k of them; one pass holds one.
+
+    Args:
+      student_logits_BTV: student logits; the only input receiving gradients.
+      targets: dict name -> target logits ``[B, T, V]`` (stop-gradient inside).
+      requests: dict key -> ``(target_name, kind, beta, top_k)`` as in
+        ``token_divergence`` (top_k None = full vocabulary).
+      topk_mode: "renormalize" or "generalized", shared by all requests.
+      chunk_size: positions per chunk (None: one pass).
+
+    Returns:
+      dict key -> div_BT float32.
+    """
+    names = sorted(targets)
+    for target, kind, beta, top_k in requests.values():
+        if target not in targets:
+            raise ValueError(f"unknown target {target!r}; given: {names}")
+        check_divergence_args(kind, beta, top_k, topk_mode)
+        check_same_shape(student_logits_BTV, targets[target], target)
+
+    def chunk_fn(s_BCV, *t_BCVs):
+        t_by_name = dict(zip(names, t_BCVs))
+        return {key: _chunk_divergence(s_BCV, t_by_name[target], kind=kind, beta=beta,
+                                       top_k=top_k, topk_mode=topk_mode)
+                for key, (target, kind, beta, top_k) in requests.items()}
+
+    return map_positions(chunk_fn, student_logits_BTV, *[targets[n] for n in names],
+                         chunk_size=chunk_size)
+
+
 def _chunk_sampled_logprobs(logits_BCV, tokens_BC):
     x_BCV = upcast(logits_BCV)
     picked_BC = jnp.take_along_axis(x_BCV, tokens_BC[..., None], axis=-1)[..., 0]

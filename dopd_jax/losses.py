@@ -98,15 +98,14 @@ def dopd_loss(student_logits, priv_student_logits, teacher_logits, tokens, mask,
         outlier_fraction=outlier_fraction, gap_threshold=gap_threshold)
 
     specs, weights = _regime_weights(beta_light, beta_weak, hs_target)
-    div_cache, weighted = {}, {}
-    for name, spec in specs.items():
-        key = (spec.target, spec.kind, spec.top_k, spec.beta)
-        if key not in div_cache:  # regimes sharing a divergence compute it once
-            div_cache[key] = div_lib.token_divergence(
-                student_logits, targets[spec.target], kind=spec.kind,
-                beta=spec.beta, top_k=top_k if spec.top_k else None,
-                topk_mode=topk_mode, chunk_size=chunk_size)
-        weighted[name] = weights[name] * div_cache[key]
+    # Regimes sharing a divergence compute it once; all of them in one chunked
+    # pass, so the backward pass holds one [B, T, V] student-gradient buffer.
+    requests = {f"{s.target}/{s.kind}/{s.top_k}/{s.beta}":
+                (s.target, s.kind, s.beta, top_k if s.top_k else None) for s in specs.values()}
+    divs = div_lib.token_divergences(student_logits, targets, requests,
+                                     topk_mode=topk_mode, chunk_size=chunk_size)
+    weighted = {name: weights[name] * divs[f"{s.target}/{s.kind}/{s.top_k}/{s.beta}"]
+                for name, s in specs.items()}
     # where, not a product: an inf divergence outside its regime must not leak.
     per_token_BT = sum(jnp.where(regimes[r] > 0, weighted[r], 0.0) for r in specs)
     loss = div_lib.sequence_mean(per_token_BT, mask)
