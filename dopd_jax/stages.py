@@ -13,11 +13,12 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from dopd_jax import checkpoint, config as config_lib, evaluate, rollout as rollout_lib
-from dopd_jax import steps as steps_lib, train
+from dopd_jax import steps as steps_lib, train, train_checkpoint
 from dopd_jax.data import encode, pipeline
 from dopd_jax.data import tasks
 from dopd_jax.methods import get_method
 from dopd_jax.models import ModelConfig, Transformer
+from dopd_jax.monitor import CollapseMonitor
 from dopd_jax.tokenizer import Tokenizer, corpus_for_tokenizer, train_tokenizer
 
 SFT_FORMS = ("hints", "exec_hints", "answer")
@@ -124,33 +125,66 @@ def init_model(ctx: Context, model_cfg, seed: int) -> Model:
     return Model(graphdef, params, mc)
 
 
-def _sft_batches(ctx: Context, stage_cfg, seed: int):
-    stream = pipeline.TrainStream([ctx.cfg.task.domain], stage_cfg.batch_size, seed,
-                                  **_task_kwargs(ctx.cfg))
-    rng = np.random.default_rng(seed)
+CHECKPOINT_EVERY = 100  # steps between checkpoints when a stage config has no checkpoint_every
+# Fields that may change between a checkpoint and its resume (they change no state).
+_RESUME_IGNORED = ("checkpoint_every", "eval_every", "eval_n", "methods", "variants")
+
+
+def _stage_checkpointer(ctx: Context, stage: str, config: dict):
+    """The checkpointer of ``stage`` under ``WORKDIR/ckpt/<stage>`` (checks ``config``)."""
+    return train_checkpoint.StageCheckpointer(
+        os.path.join(ctx.workdir, "ckpt", stage), config,
+        keep=ctx.cfg.get("checkpoint_keep", 2), log=ctx.log)
+
+
+def _sft_resume_config(ctx: Context, name: str, stage_cfg, seed: int) -> dict:
+    field = next((k for k in ("teacher", "student") if ctx.cfg[k] is stage_cfg), name)
+    kept = {k: v for k, v in stage_cfg.to_dict().items() if k not in _RESUME_IGNORED}
+    return {field: kept, "vocab_size": ctx.tok.vocab_size, "seed": seed,
+            "task": ctx.cfg.task.to_dict()}
+
+
+def _sft_batches(ctx: Context, stage_cfg, seed: int, stream):
+    """SFT batches of ``stream``; the p-dropout draws of batch i use the seed (seed, i),
+    so a resumed stream reproduces them."""
     while True:
-        examples = next(stream)
-        sft = encode.encode_sft(examples, ctx.tok, p_dropout=stage_cfg.p_dropout, rng=rng,
+        index = stream.get_state()["next_batch"]
+        sft = encode.encode_sft(next(stream), ctx.tok, p_dropout=stage_cfg.p_dropout,
+                                rng=np.random.default_rng([seed, index]),
                                 max_len=stage_cfg.max_len, form=SFT_FORMS)
         yield {"inputs_BL": sft.inputs_BL, "targets_BL": sft.targets_BL,
                "loss_mask_BL": sft.loss_mask_BL}
 
 
 def _sft_stage(ctx: Context, name: str, stage_cfg, seed: int, writer, progress) -> Model:
-    model = init_model(ctx, stage_cfg.model, seed)
+    """Trains (resuming from ``ckpt/<name>``) or reloads the SFT model ``name``."""
     path = os.path.join(ctx.workdir, name)
     if checkpoint.has_params(path):
+        model = init_model(ctx, stage_cfg.model, seed)
         progress.skip(stage_cfg.steps)
         return dataclasses.replace(model, params=checkpoint.load_params(path, model.params))
     progress.stage(name)
-    opt = train.make_optimizer(stage_cfg.lr, stage_cfg.warmup_steps, stage_cfg.steps)
-    state = steps_lib.init_state(model.params, opt, keep_ref=False)
-    hooks = train.LoopHooks(
-        write=lambda s, m: writer.write(f"{name}_sft", s, m),
-        progress=lambda s, m: progress.advance(ctx.cfg.distill.log_every, m),
-        log_every=ctx.cfg.distill.log_every)
-    state = train.run_sft(steps_lib.make_sft_fn(model.graphdef, opt), state,
-                          _sft_batches(ctx, stage_cfg, seed), stage_cfg.steps, hooks)
+    with _stage_checkpointer(ctx, name, _sft_resume_config(ctx, name, stage_cfg, seed)) as ckpt:
+        model = init_model(ctx, stage_cfg.model, seed)
+        opt = train.make_optimizer(stage_cfg.lr, stage_cfg.warmup_steps, stage_cfg.steps)
+        stream = pipeline.TrainStream([ctx.cfg.task.domain], stage_cfg.batch_size, seed,
+                                      **_task_kwargs(ctx.cfg))
+        start, state, _, _ = train_checkpoint.resume(
+            ckpt, f"{name}_sft", steps_lib.init_state(model.params, opt, keep_ref=False), None,
+            stream, workdir=ctx.workdir, log=ctx.log)
+        progress.skip(start)
+        with train.sigterm_flag() as stop:
+            hooks = train.LoopHooks(
+                write=lambda s, m: writer.write(f"{name}_sft", s, m),
+                progress=lambda s, m: progress.advance(ctx.cfg.distill.log_every, m),
+                log_every=ctx.cfg.distill.log_every,
+                warn=lambda msg: ctx.log(f"WARNING [{name}] {msg}"),
+                checkpoint=lambda s, st: ckpt.save(s, st, None, {"stream": stream.get_state()}),
+                checkpoint_every=stage_cfg.get("checkpoint_every", CHECKPOINT_EVERY),
+                stop_requested=stop)
+            state = train.run_sft(steps_lib.make_sft_fn(model.graphdef, opt), state,
+                                  _sft_batches(ctx, stage_cfg, seed, stream), stage_cfg.steps,
+                                  hooks, start_step=start)
     checkpoint.save_params(path, state.params)
     return dataclasses.replace(model, params=state.params)
 
@@ -217,9 +251,51 @@ def make_spec(d, method: str, tok) -> steps_lib.DistillSpec:
         log_passes=tuple(d.log_passes))
 
 
+def _distill_resume_config(c, run: str, method: str, d, teacher: Model, student: Model) -> dict:
+    kept = {k: v for k, v in config_lib.to_json_dict(d).items() if k not in _RESUME_IGNORED}
+    # The frozen teacher is not saved with the run: it is named by its parameters' digest.
+    return {"run": run, "method": method, "distill": kept, "seed": c.seed,
+            "task": c.task.to_dict(), "teacher_model": dataclasses.asdict(teacher.config),
+            "teacher_params": checkpoint.tree_digest(teacher.params),
+            "student_model": dataclasses.asdict(student.config),
+            "student_init_params": checkpoint.tree_digest(student.params)}
+
+
+def _distill_batches_of(ctx: Context, stream):
+    """Yields ``(examples, DistillBatch)`` of a (possibly resumed) prompt stream."""
+    t = ctx.cfg.task
+    for examples in stream:
+        arr = evaluate.prompt_arrays(examples, ctx.tok, form=t.priv_form,
+                                     max_prompt_len=t.max_prompt_len,
+                                     max_priv_len=t.max_priv_len)
+        yield examples, steps_lib.DistillBatch(arr.prompt_BP, arr.prompt_mask_BP,
+                                               arr.priv_BQ, arr.priv_mask_BQ)
+
+
+def _monitor_from(saved: dict | None) -> CollapseMonitor:
+    if saved is None:
+        return CollapseMonitor()
+    return CollapseMonitor(history=list(saved["history"]), raised=set(saved["raised"]))
+
+
+def _distill_hooks(ctx: Context, run: str, d, sampler, writer, progress, history: list,
+                   save) -> train.LoopHooks:
+    def write(step, m):
+        history.append(m)
+        writer.write(f"distill/{run}", step, m)
+
+    return train.LoopHooks(
+        write=write, progress=lambda s, m: progress.advance(d.log_every, m),
+        evaluate=functools.partial(_quick_eval, ctx, sampler), eval_every=d.eval_every,
+        log_every=d.log_every, warn=lambda msg: ctx.log(f"WARNING [{run}] {msg}"),
+        checkpoint=save, checkpoint_every=d.get("checkpoint_every", CHECKPOINT_EVERY))
+
+
 def distill_stage(ctx: Context, run: str, teacher: Model, student: Model, writer,
                   progress) -> dict:
     """Distils the student init with run ``run`` (a method or a variant of one).
+
+    Checkpoints into ``ckpt/distill/<run>`` and resumes from its latest step.
 
     Returns:
       the evaluation summary: accuracies, end-of-run metric means, warnings.
@@ -228,25 +304,32 @@ def distill_stage(ctx: Context, run: str, teacher: Model, student: Model, writer
     method, d = config_lib.resolve_run(c, run)
     check_vocab(teacher.config, student.config)
     spec = make_spec(d, method, ctx.tok)
-    opt = train.make_optimizer(d.lr, d.warmup_steps, d.steps)
-    params = jax.tree.map(jnp.copy, student.params)  # the update donates its state
-    state = steps_lib.init_state(params, opt, keep_ref=spec.priv_student != "live")
-    fns = steps_lib.make_distill_fns(student.graphdef, teacher.graphdef, opt, spec)
-    sampler = _sampler(ctx, student.graphdef)
-    history = []
-
-    def write(step, m):
-        history.append(m)
-        writer.write(f"distill/{run}", step, m)
-
     progress.stage(f"distill/{run}")
-    hooks = train.LoopHooks(
-        write=write, progress=lambda s, m: progress.advance(d.log_every, m),
-        evaluate=functools.partial(_quick_eval, ctx, sampler), eval_every=d.eval_every,
-        log_every=d.log_every, warn=lambda msg: ctx.log(f"WARNING [{run}] {msg}"))
-    state, monitor = train.run_distill(
-        fns, state, teacher.params, distill_batches(ctx, c.seed + 300), d.steps,
-        jax.random.key(c.seed + 400), hooks, tok=ctx.tok, n_samples=d.n_samples)
+    resume_cfg = _distill_resume_config(c, run, method, d, teacher, student)
+    with _stage_checkpointer(ctx, f"distill/{run}", resume_cfg) as ckpt:
+        opt = train.make_optimizer(d.lr, d.warmup_steps, d.steps)
+        params = jax.tree.map(jnp.copy, student.params)  # the update donates its state
+        stream = distill_examples(ctx, c.seed + 300)
+        start, state, key, extra = train_checkpoint.resume(
+            ckpt, f"distill/{run}",
+            steps_lib.init_state(params, opt, keep_ref=spec.priv_student != "live"),
+            jax.random.key(c.seed + 400), stream, workdir=ctx.workdir, log=ctx.log)
+        progress.skip(start)
+        history, monitor = list(extra.get("history", [])), _monitor_from(extra.get("monitor"))
+        sampler = _sampler(ctx, student.graphdef)
+
+        def save(step, st):
+            ckpt.save(step, st, key, {"stream": stream.get_state(), "history": history,
+                                      "monitor": {"history": monitor.history,
+                                                  "raised": sorted(monitor.raised)}})
+
+        hooks = _distill_hooks(ctx, run, d, sampler, writer, progress, history, save)
+        fns = steps_lib.make_distill_fns(student.graphdef, teacher.graphdef, opt, spec)
+        with train.sigterm_flag() as stop:
+            hooks.stop_requested = stop
+            state, monitor = train.run_distill(
+                fns, state, teacher.params, _distill_batches_of(ctx, stream), d.steps, key,
+                hooks, tok=ctx.tok, n_samples=d.n_samples, start_step=start, monitor=monitor)
     result = full_eval(ctx, dataclasses.replace(student, params=state.params), sampler)
     result["final"] = _summarize(history)
     result["warnings"] = sorted(monitor.raised)
