@@ -31,16 +31,22 @@ def base_config() -> ml_collections.ConfigDict:
     """Defaults of the privilege-illusion experiment family (CPU scale)."""
     c = ml_collections.ConfigDict()
     c.seed = 0
+    # Device mesh of every step (sharding_rules: batch over data x fsdp, weights over
+    # fsdp x tensor); -1 = all remaining devices. One CPU device gives a 1x1x1 mesh.
+    c.mesh = dict(data=-1, fsdp=1, tensor=1)
+    c.checkpoint_keep = 2  # training-state checkpoints kept per stage (ckpt/<stage>)
     c.task = dict(domain="arith", difficulty="", misleading_fraction=0.2,
                   priv_form="exec_hints", max_prompt_len=16, max_priv_len=32,
                   n_test=1000, n_hard=1000)
     c.tokenizer = dict(vocab_size=64, corpus_size=3000)
     c.teacher = dict(model=model_config(96, 3, 4, 2, 256), steps=1200, batch_size=64,
-                     lr=3e-3, warmup_steps=50, p_dropout=0.5, max_len=64)
+                     lr=3e-3, warmup_steps=50, p_dropout=0.5, max_len=64,
+                     checkpoint_every=200)
     # 800 warm-up steps leave the student at ~10% test accuracy (~34% given p):
     # weak enough to need the teacher, strong enough that p is usable.
     c.student = dict(model=model_config(64, 2, 4, 2, 192), steps=800, batch_size=64,
-                     lr=3e-3, warmup_steps=30, p_dropout=0.5, max_len=64)
+                     lr=3e-3, warmup_steps=30, p_dropout=0.5, max_len=64,
+                     checkpoint_every=200)
     loss = dataclasses.asdict(LossConfig())
     loss.update(top_k=16, gap_threshold=-1.0, is_clip=(), adv_clip=0.0, chunk_size=0)
     c.distill = dict(
@@ -48,7 +54,7 @@ def base_config() -> ml_collections.ConfigDict:
         steps=300, batch_prompts=16,
         n_samples=4, lr=1e-3, warmup_steps=10, max_new_tokens=32, temperature=1.0,
         top_k=0, top_p=1.0, loss=loss, priv_student="", opsd_teacher="frozen",
-        ema_decay=0.99, log_every=10, eval_every=100, eval_n=200,
+        ema_decay=0.99, log_every=10, eval_every=100, eval_n=200, checkpoint_every=100,
         log_passes=("teacher", "priv_teacher"),
         # Named variants usable in ``methods``: a method plus distill overrides.
         variants=dict(
@@ -65,7 +71,7 @@ def shrink_to_smoke(c: ml_collections.ConfigDict) -> None:
     c.student.model = model_config(32, 1, 2, 1, 64)
     c.teacher.steps, c.student.steps, c.distill.steps = 20, 10, 4
     c.distill.log_every, c.distill.eval_every, c.distill.eval_n = 2, 4, 16
-    c.distill.batch_prompts, c.distill.n_samples, c.distill.max_new_tokens = 4, 2, 24
+    c.distill.batch_prompts, c.distill.n_samples, c.distill.max_new_tokens = 8, 2, 24
     c.task.n_test, c.task.n_hard = 32, 32
     c.tokenizer.corpus_size = 500
     c.eval.batch_size = 32

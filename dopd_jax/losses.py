@@ -57,7 +57,7 @@ def _dopd_regime_metrics(regimes, weighted_BT, gap_BT, mask_BT):
 def dopd_loss(student_logits, priv_student_logits, teacher_logits, tokens, mask,
               *, top_k=128, beta_light=0.6, beta_weak=0.3, outlier_fraction=0.05,
               topk_mode="renormalize", hs_target="priv_student",
-              gap_threshold=None, chunk_size=None):
+              gap_threshold=None, chunk_size=None, refs=None):
     """Dual on-policy distillation loss (methods.md section 4; design contract 2).
 
     Args:
@@ -74,6 +74,10 @@ def dopd_loss(student_logits, priv_student_logits, teacher_logits, tokens, mask,
       hs_target: target of HS, "priv_student" (paper) or "teacher".
       gap_threshold: None (trimmed batch mean A_bar) or a fixed float.
       chunk_size: positions per chunk for the [B, T, V] work (None: one pass).
+      refs: None (reference values from this batch), or a dict of scalars
+        ``{"A_bar", "qS_bar", "qT_bar"}`` computed elsewhere (e.g. over the
+        whole batch when this call sees one micro-batch; see
+        ``routing.dopd_regimes``); then gap_threshold must be None.
 
     Returns:
       (loss, metrics): loss float32 scalar; metrics has frac_/loss_/gap_ per
@@ -95,7 +99,7 @@ def dopd_loss(student_logits, priv_student_logits, teacher_logits, tokens, mask,
                                     tokens, chunk_size)
     regimes, refs = routing.dopd_regimes(
         stats["gap"], stats["qS"], stats["qT"], mask,
-        outlier_fraction=outlier_fraction, gap_threshold=gap_threshold)
+        outlier_fraction=outlier_fraction, gap_threshold=gap_threshold, refs=refs)
 
     specs, weights = _regime_weights(beta_light, beta_weak, hs_target)
     # Regimes sharing a divergence compute it once; all of them in one chunked

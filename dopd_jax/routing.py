@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from dopd_jax import divergences
 
 REGIMES = ("LH", "LL", "HT", "HS")
+REF_KEYS = ("A_bar", "qS_bar", "qT_bar")
 
 
 def _percentile_linear(x_BT, valid_BT, q):
@@ -84,8 +85,24 @@ def privilege_stats(priv_student_logits_BTV, teacher_logits_BTV, tokens_BT,
             "qT": jnp.exp(logqT_BT), "logqS": logqS_BT, "logqT": logqT_BT}
 
 
+def _given_refs(refs, gap_threshold):
+    """Validates caller-supplied reference values; float32 scalars under stop-gradient."""
+    if gap_threshold is not None and gap_threshold != "batch_mean":
+        raise ValueError("give either refs or gap_threshold, not both: refs already "
+                         f"fixes A_bar (got gap_threshold={gap_threshold!r})")
+    if not isinstance(refs, dict) or set(refs) != set(REF_KEYS):
+        got = sorted(refs) if isinstance(refs, dict) else type(refs).__name__
+        raise ValueError(f"refs must be a dict with keys {REF_KEYS}, got {got}")
+    out = {k: jax.lax.stop_gradient(jnp.asarray(refs[k], jnp.float32)) for k in REF_KEYS}
+    bad = [k for k, v in out.items() if v.shape != ()]
+    if bad:
+        raise ValueError(f"refs {bad} must be scalars, got shapes "
+                         f"{[out[k].shape for k in bad]}")
+    return out
+
+
 def dopd_regimes(gap_BT, qS_BT, qT_BT, mask_BT, *, outlier_fraction=0.05,
-                 gap_threshold=None):
+                 gap_threshold=None, refs=None):
     """DOPD's advantage-gated routing (methods.md section 4 table).
 
     LH: A < A_bar and qS + qT >= qS_bar + qT_bar;  LL: A < A_bar otherwise;
@@ -99,6 +116,10 @@ def dopd_regimes(gap_BT, qS_BT, qT_BT, mask_BT, *, outlier_fraction=0.05,
       outlier_fraction: tail share dropped from each trimmed batch mean.
       gap_threshold: None (or "batch_mean") for the trimmed batch mean A_bar,
         else a fixed float.
+      refs: None (compute the reference values from these tokens), or a dict
+        ``{"A_bar", "qS_bar", "qT_bar"}`` of scalars computed elsewhere, e.g.
+        over the whole batch when this call sees one micro-batch; it replaces
+        all three trimmed means (so ``gap_threshold`` must then be None).
 
     Returns:
       (regimes, refs): regimes maps "LH", "LL", "HT", "HS" to float32 0/1
@@ -111,16 +132,11 @@ def dopd_regimes(gap_BT, qS_BT, qT_BT, mask_BT, *, outlier_fraction=0.05,
             f"{mask_BT.shape} must have the same [B, T] shape")
     gap_BT, qS_BT, qT_BT = (jax.lax.stop_gradient(x).astype(jnp.float32)
                             for x in (gap_BT, qS_BT, qT_BT))
-    if gap_threshold is None or gap_threshold == "batch_mean":
-        a_bar = trimmed_mean(gap_BT, mask_BT, outlier_fraction)
-    elif isinstance(gap_threshold, str):
-        raise ValueError(f"gap_threshold must be None, 'batch_mean' or a number, "
-                         f"got {gap_threshold!r}")
+    if refs is not None:
+        refs = _given_refs(refs, gap_threshold)
     else:
-        a_bar = jnp.asarray(gap_threshold, jnp.float32)
-    refs = {"A_bar": a_bar,
-            "qS_bar": trimmed_mean(qS_BT, mask_BT, outlier_fraction),
-            "qT_bar": trimmed_mean(qT_BT, mask_BT, outlier_fraction)}
+        refs = _batch_refs(gap_BT, qS_BT, qT_BT, mask_BT, outlier_fraction, gap_threshold)
+    a_bar = refs["A_bar"]
     valid_BT = mask_BT > 0
     # Complementary conditions (not two independent comparisons), so a NaN
     # statistic still lands in exactly one regime.
@@ -134,6 +150,20 @@ def dopd_regimes(gap_BT, qS_BT, qT_BT, mask_BT, *, outlier_fraction=0.05,
         "HS": valid_BT & ~small_BT & ~teacher_ahead_BT,
     }
     return {k: v.astype(jnp.float32) for k, v in regimes.items()}, refs
+
+
+def _batch_refs(gap_BT, qS_BT, qT_BT, mask_BT, outlier_fraction, gap_threshold):
+    """A_bar (trimmed mean or fixed), qS_bar, qT_bar over the valid tokens given."""
+    if gap_threshold is None or gap_threshold == "batch_mean":
+        a_bar = trimmed_mean(gap_BT, mask_BT, outlier_fraction)
+    elif isinstance(gap_threshold, str):
+        raise ValueError(f"gap_threshold must be None, 'batch_mean' or a number, "
+                         f"got {gap_threshold!r}")
+    else:
+        a_bar = jnp.asarray(gap_threshold, jnp.float32)
+    return {"A_bar": a_bar,
+            "qS_bar": trimmed_mean(qS_BT, mask_BT, outlier_fraction),
+            "qT_bar": trimmed_mean(qT_BT, mask_BT, outlier_fraction)}
 
 
 ROUTING_RULES = {"dopd": dopd_regimes}

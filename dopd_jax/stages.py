@@ -13,6 +13,7 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from dopd_jax import checkpoint, config as config_lib, evaluate, rollout as rollout_lib
+from dopd_jax import sharding
 from dopd_jax import steps as steps_lib, train, train_checkpoint
 from dopd_jax.data import encode, pipeline
 from dopd_jax.data import tasks
@@ -46,6 +47,7 @@ class Context:
     test_set: list
     hard_set: list
     log: Callable[[str], None]
+    mesh: Any = None  # jax.sharding.Mesh of every jitted step (config.mesh)
 
 
 class Progress:
@@ -87,7 +89,7 @@ def build_context(cfg, workdir: str, log) -> Context:
     kw = _task_kwargs(cfg)
     test = pipeline.eval_set(cfg.task.domain, "test", cfg.task.n_test, cfg.seed + 1, **kw)
     hard = pipeline.eval_set(cfg.task.domain, "hard", cfg.task.n_hard, cfg.seed + 2, **kw)
-    ctx = Context(cfg, workdir, tok, test, hard, log)
+    ctx = Context(cfg, workdir, tok, test, hard, log, sharding.make_mesh(dict(cfg.mesh)))
     check_lengths(ctx)
     return ctx
 
@@ -121,7 +123,8 @@ def _task_kwargs(cfg) -> dict:
 def init_model(ctx: Context, model_cfg, seed: int) -> Model:
     """Initialises a transformer whose vocabulary is the tokenizer's."""
     mc = ModelConfig(vocab_size=ctx.tok.vocab_size, **model_cfg.to_dict())
-    graphdef, params = nnx.split(Transformer(mc, rngs=nnx.Rngs(seed)))
+    graphdef, params = sharding.init_sharded(lambda: Transformer(mc, rngs=nnx.Rngs(seed)),
+                                             ctx.mesh)
     return Model(graphdef, params, mc)
 
 
@@ -162,7 +165,8 @@ def _sft_stage(ctx: Context, name: str, stage_cfg, seed: int, writer, progress) 
     if checkpoint.has_params(path):
         model = init_model(ctx, stage_cfg.model, seed)
         progress.skip(stage_cfg.steps)
-        return dataclasses.replace(model, params=checkpoint.load_params(path, model.params))
+        params = sharding.shard_params(checkpoint.load_params(path, model.params), ctx.mesh)
+        return dataclasses.replace(model, params=params)
     progress.stage(name)
     with _stage_checkpointer(ctx, name, _sft_resume_config(ctx, name, stage_cfg, seed)) as ckpt:
         model = init_model(ctx, stage_cfg.model, seed)
@@ -170,7 +174,8 @@ def _sft_stage(ctx: Context, name: str, stage_cfg, seed: int, writer, progress) 
         stream = pipeline.TrainStream([ctx.cfg.task.domain], stage_cfg.batch_size, seed,
                                       **_task_kwargs(ctx.cfg))
         start, state, _, _ = train_checkpoint.resume(
-            ckpt, f"{name}_sft", steps_lib.init_state(model.params, opt, keep_ref=False), None,
+            ckpt, f"{name}_sft",
+            sharding.init_state_sharded(model.params, opt, ctx.mesh, keep_ref=False), None,
             stream, workdir=ctx.workdir, log=ctx.log)
         progress.skip(start)
         with train.sigterm_flag() as stop:
@@ -182,7 +187,9 @@ def _sft_stage(ctx: Context, name: str, stage_cfg, seed: int, writer, progress) 
                 checkpoint=lambda s, st: ckpt.save(s, st, None, {"stream": stream.get_state()}),
                 checkpoint_every=stage_cfg.get("checkpoint_every", CHECKPOINT_EVERY),
                 stop_requested=stop)
-            state = train.run_sft(steps_lib.make_sft_fn(model.graphdef, opt), state,
+            sft_fn = steps_lib.make_sft_fn(model.graphdef, opt,
+                                           sharding.step_shardings(ctx.mesh, opt, state))
+            state = train.run_sft(sft_fn, state,
                                   _sft_batches(ctx, stage_cfg, seed, stream), stage_cfg.steps,
                                   hooks, start_step=start)
     checkpoint.save_params(path, state.params)
@@ -230,13 +237,7 @@ def distill_examples(ctx: Context, seed: int):
 
 def distill_batches(ctx: Context, seed: int):
     """Yields ``(examples, DistillBatch)`` of the distillation prompt stream."""
-    c = ctx.cfg
-    for examples in distill_examples(ctx, seed):
-        arr = evaluate.prompt_arrays(examples, ctx.tok, form=c.task.priv_form,
-                                     max_prompt_len=c.task.max_prompt_len,
-                                     max_priv_len=c.task.max_priv_len)
-        yield examples, steps_lib.DistillBatch(arr.prompt_BP, arr.prompt_mask_BP,
-                                               arr.priv_BQ, arr.priv_mask_BQ)
+    return _distill_batches_of(ctx, distill_examples(ctx, seed))
 
 
 def make_spec(d, method: str, tok) -> steps_lib.DistillSpec:
@@ -308,11 +309,12 @@ def distill_stage(ctx: Context, run: str, teacher: Model, student: Model, writer
     resume_cfg = _distill_resume_config(c, run, method, d, teacher, student)
     with _stage_checkpointer(ctx, f"distill/{run}", resume_cfg) as ckpt:
         opt = train.make_optimizer(d.lr, d.warmup_steps, d.steps)
-        params = jax.tree.map(jnp.copy, student.params)  # the update donates its state
         stream = distill_examples(ctx, c.seed + 300)
+        # New buffers (the update donates its state; student.params stays valid).
+        init = sharding.init_state_sharded(student.params, opt, ctx.mesh,
+                                           keep_ref=spec.priv_student != "live")
         start, state, key, extra = train_checkpoint.resume(
-            ckpt, f"distill/{run}",
-            steps_lib.init_state(params, opt, keep_ref=spec.priv_student != "live"),
+            ckpt, f"distill/{run}", init,
             jax.random.key(c.seed + 400), stream, workdir=ctx.workdir, log=ctx.log)
         progress.skip(start)
         history, monitor = list(extra.get("history", [])), _monitor_from(extra.get("monitor"))
@@ -324,7 +326,9 @@ def distill_stage(ctx: Context, run: str, teacher: Model, student: Model, writer
                                                   "raised": sorted(monitor.raised)}})
 
         hooks = _distill_hooks(ctx, run, d, sampler, writer, progress, history, save)
-        fns = steps_lib.make_distill_fns(student.graphdef, teacher.graphdef, opt, spec)
+        fns = steps_lib.make_distill_fns(
+            student.graphdef, teacher.graphdef, opt, spec,
+            sharding.step_shardings(ctx.mesh, opt, state, teacher.params))
         with train.sigterm_flag() as stop:
             hooks.stop_requested = stop
             state, monitor = train.run_distill(

@@ -23,6 +23,27 @@ def validate(c: ml_collections.ConfigDict) -> None:
     for _, d in runs.values():
         _validate_distill(d)
     _validate_stages(c)
+    _validate_mesh(c, runs)
+
+
+def _validate_mesh(c: ml_collections.ConfigDict, runs: dict) -> None:
+    """The mesh must fit the devices and divide every batch's rows."""
+    import jax  # device count: only known once JAX is up
+
+    from dopd_jax import sharding, sharding_rules
+
+    try:
+        mesh = sharding.make_mesh(dict(c.mesh))
+    except ValueError as e:
+        raise ValueError(f"config.mesh: {e}") from e
+    dp = sharding_rules.data_parallel_size(mesh)
+    rows = {f"{s}.batch_size": c[s].batch_size for s in ("teacher", "student")}
+    for name, (_, d) in runs.items():
+        rows[f"distill.batch_prompts ({name})"] = d.batch_prompts
+    rows["eval.batch_size"] = c.eval.batch_size
+    for key, n in rows.items():
+        _check(n % dp == 0, "mesh", f"{key} = {n} is not divisible by the data-parallel "
+               f"size {dp} (data x fsdp over {jax.device_count()} devices)")
 
 
 def _validate_distill(d: ml_collections.ConfigDict) -> None:
@@ -43,6 +64,7 @@ def _validate_distill(d: ml_collections.ConfigDict) -> None:
            f"must be one of {PRIV_STUDENT_MODES} (or '' for the method default)")
     _check(d.opsd_teacher in ("frozen", "live"), "distill.opsd_teacher",
            f"must be 'frozen' or 'live', got {d.opsd_teacher!r}")
+    _check(d.checkpoint_every >= 0, "distill.checkpoint_every", "must be >= 0 (0 = only at the end)")
     for key in ("steps", "batch_prompts", "n_samples", "max_new_tokens", "log_every"):
         _check(d[key] >= 1, f"distill.{key}", f"must be >= 1, got {d[key]}")
     for p in d.log_passes:
@@ -50,7 +72,10 @@ def _validate_distill(d: ml_collections.ConfigDict) -> None:
 
 
 def _validate_stages(c: ml_collections.ConfigDict) -> None:
+    _check(c.checkpoint_keep >= 1, "checkpoint_keep", f"must be >= 1, got {c.checkpoint_keep}")
     for stage in ("teacher", "student"):
+        _check(c[stage].checkpoint_every >= 0, f"{stage}.checkpoint_every",
+               "must be >= 0 (0 = only at the end)")
         _check(0 <= c[stage].p_dropout <= 1, f"{stage}.p_dropout", "must be in [0, 1]")
         _check(c[stage].steps >= 1, f"{stage}.steps", "must be >= 1")
     _check(c.task.max_prompt_len >= 2, "task.max_prompt_len", "must be >= 2")

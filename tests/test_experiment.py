@@ -22,8 +22,8 @@ DOPD_KEYS = {"frac_LH", "frac_LL", "frac_HT", "frac_HS", "loss_LH", "loss_HT", "
              "A_bar", "qS_bar", "qT_bar"}
 
 
-def _run(workdir, *overrides, timeout=600):
-    env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+def _run(workdir, *overrides, timeout=600, env=None):
+    env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu", **(env or {})}
     cmd = [sys.executable, "-m", "dopd_jax.run", "--config", SMOKE, "--workdir", str(workdir),
            *overrides]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
@@ -131,3 +131,22 @@ def test_vocab_mismatch_is_named():
                     head_dim=4, d_ff=16)
     with pytest.raises(ValueError, match="teacher vocab_size 64 != student vocab_size 72"):
         check_vocab(a, b)
+
+
+def test_same_experiment_on_a_2x2x2_mesh_matches_one_device(smoke_run, tmp_path):
+    workdir, _ = smoke_run
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    proc = _run(tmp_path, "--config.distill.methods=('dopd',)", "--config.mesh.data=2",
+                "--config.mesh.fsdp=2", "--config.mesh.tensor=2", env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one = read_metrics(str(workdir), "distill/dopd")
+    eight = read_metrics(str(tmp_path), "distill/dopd")
+    for a, b in zip(one, eight):
+        for k in ("loss", "A_bar", "frac_HS", "kl_to_teacher", "student_entropy"):
+            assert abs(a[k] - b[k]) <= 1e-4 * max(1.0, abs(a[k])), (k, a[k], b[k])
+
+
+def test_mesh_that_does_not_fit_is_refused(tmp_path):
+    proc = _run(tmp_path, "--config.mesh.data=3", timeout=120)
+    assert proc.returncode != 0
+    assert "config.mesh" in proc.stderr and "does not match" in proc.stderr
