@@ -329,7 +329,7 @@ def test_incompatible_distill_config_is_refused_before_compiling(e2e):
     namespace = {}
     exec(CONFIG, namespace)
     cfg = namespace["get_config"]()
-    cfg.distill.batch_prompts = 8
-    with pytest.raises(ValueError, match=r"distill\.batch_prompts: 4 in the checkpoint, 8 now"):
+    cfg.distill.batch_prompts = 16
+    with pytest.raises(ValueError, match=r"distill\.batch_prompts: 8 in the checkpoint, 16 now"):
         experiment.run_experiment(cfg, str(workdir), log=lambda m: None)
     assert _tree_bytes(workdir / "ckpt") == before
