@@ -14,7 +14,7 @@ import os
 
 import ml_collections
 
-from dopd_jax.methods import METHODS, PASSES, LossConfig
+from dopd_jax.methods import METHODS, LossConfig
 
 PRIV_STUDENT_MODES = ("live", "frozen", "ema")
 

@@ -17,7 +17,7 @@ import time
 import ml_collections
 
 from dopd_jax import config as config_lib
-from dopd_jax import evaluate, stages, validation
+from dopd_jax import distill_stage, stages, validation
 from dopd_jax.metric_writer import MetricWriter
 from dopd_jax.report import format_table
 
@@ -64,7 +64,7 @@ def run_experiment(cfg: ml_collections.ConfigDict, workdir: str, *, progress=Non
             distill_cfg = config_lib.to_json_dict(config_lib.resolve_run(cfg, method)[1])
             if result is None or result.get("distill_config") != distill_cfg:
                 t0 = time.perf_counter()
-                result = stages.distill_stage(ctx, method, teacher, student, writer, progress)
+                result = distill_stage.distill_stage(ctx, method, teacher, student, writer, progress)
                 result["wall_time_s"] = time.perf_counter() - t0
                 result["distill_config"] = distill_cfg
                 _save_json(path, result)
@@ -106,5 +106,3 @@ def _check_config_matches(cfg, workdir) -> None:
                 "differ); use a fresh --workdir or restore the original settings")
     _save_json(path, current)
 
-
-__all__ = ["run_experiment", "evaluate"]

@@ -1,32 +1,26 @@
-"""The stages of an experiment: tokenizer, teacher SFT, student warm-up, distillation."""
+"""The stages of an experiment: context (tokenizer, eval sets, mesh), SFT stages, evaluation.
+
+The distillation stage lives in ``dopd_jax.distill_stage``.
+"""
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 from typing import Any, Callable
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from dopd_jax import checkpoint, config as config_lib, evaluate, rollout as rollout_lib
+from dopd_jax import checkpoint, evaluate
 from dopd_jax import sharding
 from dopd_jax import steps as steps_lib, train, train_checkpoint
 from dopd_jax.data import encode, pipeline
 from dopd_jax.data import tasks
-from dopd_jax.methods import get_method
 from dopd_jax.models import ModelConfig, Transformer
-from dopd_jax.monitor import CollapseMonitor
 from dopd_jax.tokenizer import Tokenizer, corpus_for_tokenizer, train_tokenizer
 
 SFT_FORMS = ("hints", "exec_hints", "answer")
-SUMMARY_KEYS = ("loss", "student_entropy", "target_entropy", "kl_to_priv_teacher",
-                "kl_to_teacher", "kl_to_priv_student", "A_bar", "qS_bar", "qT_bar",
-                "frac_LH", "frac_LL", "frac_HT", "frac_HS", "reward", "response_len")
-
 
 @dataclasses.dataclass(frozen=True)
 class Model:
@@ -86,7 +80,7 @@ def build_context(cfg, workdir: str, log) -> Context:
         corpus = corpus_for_tokenizer(sorted(tasks.DOMAINS), cfg.tokenizer.corpus_size, cfg.seed)
         tok = train_tokenizer(corpus, vocab_size=cfg.tokenizer.vocab_size)
         tok.save(path)
-    kw = _task_kwargs(cfg)
+    kw = task_kwargs(cfg)
     test = pipeline.eval_set(cfg.task.domain, "test", cfg.task.n_test, cfg.seed + 1, **kw)
     hard = pipeline.eval_set(cfg.task.domain, "hard", cfg.task.n_hard, cfg.seed + 2, **kw)
     ctx = Context(cfg, workdir, tok, test, hard, log, sharding.make_mesh(dict(cfg.mesh)))
@@ -113,7 +107,7 @@ def check_lengths(ctx: Context) -> None:
                              f"teacher.max_len / student.max_len): {e}") from e
 
 
-def _task_kwargs(cfg) -> dict:
+def task_kwargs(cfg) -> dict:
     kw = {"misleading_fraction": cfg.task.misleading_fraction}
     if cfg.task.difficulty:
         kw["difficulty"] = cfg.task.difficulty
@@ -130,10 +124,10 @@ def init_model(ctx: Context, model_cfg, seed: int) -> Model:
 
 CHECKPOINT_EVERY = 100  # steps between checkpoints when a stage config has no checkpoint_every
 # Fields that may change between a checkpoint and its resume (they change no state).
-_RESUME_IGNORED = ("checkpoint_every", "eval_every", "eval_n", "methods", "variants")
+RESUME_IGNORED = ("checkpoint_every", "eval_every", "eval_n", "methods", "variants")
 
 
-def _stage_checkpointer(ctx: Context, stage: str, config: dict):
+def stage_checkpointer(ctx: Context, stage: str, config: dict):
     """The checkpointer of ``stage`` under ``WORKDIR/ckpt/<stage>`` (checks ``config``)."""
     return train_checkpoint.StageCheckpointer(
         os.path.join(ctx.workdir, "ckpt", stage), config,
@@ -142,7 +136,7 @@ def _stage_checkpointer(ctx: Context, stage: str, config: dict):
 
 def _sft_resume_config(ctx: Context, name: str, stage_cfg, seed: int) -> dict:
     field = next((k for k in ("teacher", "student") if ctx.cfg[k] is stage_cfg), name)
-    kept = {k: v for k, v in stage_cfg.to_dict().items() if k not in _RESUME_IGNORED}
+    kept = {k: v for k, v in stage_cfg.to_dict().items() if k not in RESUME_IGNORED}
     return {field: kept, "vocab_size": ctx.tok.vocab_size, "seed": seed,
             "task": ctx.cfg.task.to_dict()}
 
@@ -168,11 +162,11 @@ def _sft_stage(ctx: Context, name: str, stage_cfg, seed: int, writer, progress) 
         params = sharding.shard_params(checkpoint.load_params(path, model.params), ctx.mesh)
         return dataclasses.replace(model, params=params)
     progress.stage(name)
-    with _stage_checkpointer(ctx, name, _sft_resume_config(ctx, name, stage_cfg, seed)) as ckpt:
+    with stage_checkpointer(ctx, name, _sft_resume_config(ctx, name, stage_cfg, seed)) as ckpt:
         model = init_model(ctx, stage_cfg.model, seed)
         opt = train.make_optimizer(stage_cfg.lr, stage_cfg.warmup_steps, stage_cfg.steps)
         stream = pipeline.TrainStream([ctx.cfg.task.domain], stage_cfg.batch_size, seed,
-                                      **_task_kwargs(ctx.cfg))
+                                      **task_kwargs(ctx.cfg))
         start, state, _, _ = train_checkpoint.resume(
             ckpt, f"{name}_sft",
             sharding.init_state_sharded(model.params, opt, ctx.mesh, keep_ref=False), None,
@@ -206,12 +200,14 @@ def student_stage(ctx, writer, progress) -> Model:
     return _sft_stage(ctx, "student_init", ctx.cfg.student, ctx.cfg.seed + 200, writer, progress)
 
 
-def _sampler(ctx: Context, graphdef):
+def greedy_sampler(ctx: Context, graphdef):
+    """The jitted greedy sampler of this experiment's evaluations."""
     return evaluate.make_greedy_sampler(graphdef, max_new_tokens=ctx.cfg.distill.max_new_tokens,
                                         eos_id=ctx.tok.eos_id, pad_id=ctx.tok.pad_id)
 
 
-def _accuracy(ctx, sampler, params, examples, privileged: bool) -> dict:
+def accuracy(ctx, sampler, params, examples, privileged: bool) -> dict:
+    """Greedy accuracy on ``examples`` with the experiment's prompt settings."""
     t = ctx.cfg.task
     return evaluate.accuracy(sampler, params, examples, ctx.tok, privileged=privileged,
                              form=t.priv_form, max_prompt_len=t.max_prompt_len,
@@ -220,10 +216,10 @@ def _accuracy(ctx, sampler, params, examples, privileged: bool) -> dict:
 
 def full_eval(ctx: Context, model: Model, sampler=None) -> dict:
     """Test and hard-slice accuracy without p, and privileged accuracy on test."""
-    sampler = sampler or _sampler(ctx, model.graphdef)
-    test = _accuracy(ctx, sampler, model.params, ctx.test_set, False)
-    hard = _accuracy(ctx, sampler, model.params, ctx.hard_set, False)
-    priv = _accuracy(ctx, sampler, model.params, ctx.test_set, True)
+    sampler = sampler or greedy_sampler(ctx, model.graphdef)
+    test = accuracy(ctx, sampler, model.params, ctx.test_set, False)
+    hard = accuracy(ctx, sampler, model.params, ctx.hard_set, False)
+    priv = accuracy(ctx, sampler, model.params, ctx.test_set, True)
     return {"acc_test": test["acc"], "acc_hard": hard["acc"], "acc_priv": priv["acc"],
             "response_len": test["response_len"], "truncated_frac": test["truncated_frac"]}
 
@@ -232,134 +228,4 @@ def distill_examples(ctx: Context, seed: int):
     """The stream of distillation prompts (lists of examples), resumable by index."""
     c = ctx.cfg
     return pipeline.TrainStream([c.task.domain], c.distill.batch_prompts, seed,
-                                **_task_kwargs(c))
-
-
-def distill_batches(ctx: Context, seed: int):
-    """Yields ``(examples, DistillBatch)`` of the distillation prompt stream."""
-    return _distill_batches_of(ctx, distill_examples(ctx, seed))
-
-
-def make_spec(d, method: str, tok) -> steps_lib.DistillSpec:
-    """The static step description of ``method`` under the distill config ``d``."""
-    sampler = rollout_lib.SamplerConfig(
-        max_new_tokens=d.max_new_tokens, eos_id=tok.eos_id, pad_id=tok.pad_id,
-        temperature=d.temperature, top_k=d.top_k, top_p=d.top_p, n_samples=d.n_samples)
-    sampler.validate()
-    return steps_lib.DistillSpec(
-        method=get_method(method), loss=config_lib.loss_config(d), sampler=sampler,
-        priv_student=config_lib.priv_student_mode(d, method), ema_decay=d.ema_decay,
-        log_passes=tuple(d.log_passes))
-
-
-def _distill_resume_config(c, run: str, method: str, d, teacher: Model, student: Model) -> dict:
-    kept = {k: v for k, v in config_lib.to_json_dict(d).items() if k not in _RESUME_IGNORED}
-    # The frozen teacher is not saved with the run: it is named by its parameters' digest.
-    return {"run": run, "method": method, "distill": kept, "seed": c.seed,
-            "task": c.task.to_dict(), "teacher_model": dataclasses.asdict(teacher.config),
-            "teacher_params": checkpoint.tree_digest(teacher.params),
-            "student_model": dataclasses.asdict(student.config),
-            "student_init_params": checkpoint.tree_digest(student.params)}
-
-
-def _distill_batches_of(ctx: Context, stream):
-    """Yields ``(examples, DistillBatch)`` of a (possibly resumed) prompt stream."""
-    t = ctx.cfg.task
-    for examples in stream:
-        arr = evaluate.prompt_arrays(examples, ctx.tok, form=t.priv_form,
-                                     max_prompt_len=t.max_prompt_len,
-                                     max_priv_len=t.max_priv_len)
-        yield examples, steps_lib.DistillBatch(arr.prompt_BP, arr.prompt_mask_BP,
-                                               arr.priv_BQ, arr.priv_mask_BQ)
-
-
-def _monitor_from(saved: dict | None) -> CollapseMonitor:
-    if saved is None:
-        return CollapseMonitor()
-    return CollapseMonitor(history=list(saved["history"]), raised=set(saved["raised"]))
-
-
-def _distill_hooks(ctx: Context, run: str, d, sampler, writer, progress, history: list,
-                   save) -> train.LoopHooks:
-    def write(step, m):
-        history.append(m)
-        writer.write(f"distill/{run}", step, m)
-
-    return train.LoopHooks(
-        write=write, progress=lambda s, m: progress.advance(d.log_every, m),
-        evaluate=functools.partial(_quick_eval, ctx, sampler), eval_every=d.eval_every,
-        log_every=d.log_every, warn=lambda msg: ctx.log(f"WARNING [{run}] {msg}"),
-        checkpoint=save, checkpoint_every=d.get("checkpoint_every", CHECKPOINT_EVERY))
-
-
-def distill_stage(ctx: Context, run: str, teacher: Model, student: Model, writer,
-                  progress) -> dict:
-    """Distils the student init with run ``run`` (a method or a variant of one).
-
-    Checkpoints into ``ckpt/distill/<run>`` and resumes from its latest step.
-
-    Returns:
-      the evaluation summary: accuracies, end-of-run metric means, warnings.
-    """
-    c = ctx.cfg
-    method, d = config_lib.resolve_run(c, run)
-    check_vocab(teacher.config, student.config)
-    spec = make_spec(d, method, ctx.tok)
-    progress.stage(f"distill/{run}")
-    resume_cfg = _distill_resume_config(c, run, method, d, teacher, student)
-    with _stage_checkpointer(ctx, f"distill/{run}", resume_cfg) as ckpt:
-        opt = train.make_optimizer(d.lr, d.warmup_steps, d.steps)
-        stream = distill_examples(ctx, c.seed + 300)
-        # New buffers (the update donates its state; student.params stays valid).
-        init = sharding.init_state_sharded(student.params, opt, ctx.mesh,
-                                           keep_ref=spec.priv_student != "live")
-        start, state, key, extra = train_checkpoint.resume(
-            ckpt, f"distill/{run}", init,
-            jax.random.key(c.seed + 400), stream, workdir=ctx.workdir, log=ctx.log)
-        progress.skip(start)
-        history, monitor = list(extra.get("history", [])), _monitor_from(extra.get("monitor"))
-        sampler = _sampler(ctx, student.graphdef)
-
-        def save(step, st):
-            ckpt.save(step, st, key, {"stream": stream.get_state(), "history": history,
-                                      "monitor": {"history": monitor.history,
-                                                  "raised": sorted(monitor.raised)}})
-
-        hooks = _distill_hooks(ctx, run, d, sampler, writer, progress, history, save)
-        fns = steps_lib.make_distill_fns(
-            student.graphdef, teacher.graphdef, opt, spec,
-            sharding.step_shardings(ctx.mesh, opt, state, teacher.params))
-        with train.sigterm_flag() as stop:
-            hooks.stop_requested = stop
-            state, monitor = train.run_distill(
-                fns, state, teacher.params, _distill_batches_of(ctx, stream), d.steps, key,
-                hooks, tok=ctx.tok, n_samples=d.n_samples, start_step=start, monitor=monitor)
-    result = full_eval(ctx, dataclasses.replace(student, params=state.params), sampler)
-    result["final"] = _summarize(history)
-    result["warnings"] = sorted(monitor.raised)
-    result["method"] = method
-    return result
-
-
-def check_vocab(teacher_cfg: ModelConfig, student_cfg: ModelConfig) -> None:
-    """Teacher and student must share a vocabulary (ids index the same tokens)."""
-    if teacher_cfg.vocab_size != student_cfg.vocab_size:
-        raise ValueError(f"teacher vocab_size {teacher_cfg.vocab_size} != student vocab_size "
-                         f"{student_cfg.vocab_size}: distillation needs one shared vocabulary")
-
-
-def _quick_eval(ctx: Context, sampler, step: int, params) -> dict:
-    subset = ctx.test_set[:ctx.cfg.distill.eval_n]
-    plain = _accuracy(ctx, sampler, params, subset, False)
-    priv = _accuracy(ctx, sampler, params, subset, True)
-    return {"eval_acc": plain["acc"], "eval_priv_acc": priv["acc"]}
-
-
-def _summarize(history: list[dict]) -> dict:
-    """Means of the last quarter of logged records (a stable end-of-run value)."""
-    tail = history[-max(1, len(history) // 4):]
-    return {k: float(np.mean([h[k] for h in tail])) for k in SUMMARY_KEYS if k in tail[-1]}
-
-
-__all__ = ["Context", "Model", "Progress", "build_context", "distill_stage", "full_eval",
-           "make_spec", "student_stage", "teacher_stage", "tasks"]
+                                **task_kwargs(c))

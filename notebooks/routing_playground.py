@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 # ---
 
 # %% [markdown]
@@ -26,7 +28,7 @@ import tempfile
 import jax
 import numpy as np
 
-from dopd_jax import analysis, config as config_lib, routing, stages
+from dopd_jax import analysis, config as config_lib, distill_stage, routing, stages
 from dopd_jax.metric_writer import MetricWriter
 
 workdir = os.environ.get("DOPD_WORKDIR", "runs/main")
@@ -52,8 +54,8 @@ progress.close()
 # Larger batches give steadier batch reference values (`A_bar`, `qS_bar`, `qT_bar`).
 
 # %%
-spec = stages.make_spec(cfg.distill, "dopd", ctx.tok)
-examples, batch = next(stages.distill_batches(ctx, seed=1234))
+spec = distill_stage.make_spec(cfg.distill, "dopd", ctx.tok)
+examples, batch = next(distill_stage.distill_batches(ctx, seed=1234))
 stats = analysis.capture_token_stats(spec, student, teacher, batch, examples, jax.random.key(0))
 print({k: v.shape for k, v in stats.items()})
 print("misleading rows:", int(stats["misleading"].sum()), "of", len(stats["misleading"]))

@@ -123,7 +123,7 @@ def test_prompt_longer_than_maximum_fails_before_training(tmp_path):
 
 def test_vocab_mismatch_is_named():
     from dopd_jax.models import ModelConfig
-    from dopd_jax.stages import check_vocab
+    from dopd_jax.distill_stage import check_vocab
 
     a = ModelConfig(vocab_size=64, d_model=8, n_layers=1, n_heads=2, n_kv_heads=1,
                     head_dim=4, d_ff=16)
