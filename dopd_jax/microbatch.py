@@ -16,6 +16,10 @@ updates in micro-batches instead, in two passes over the batch:
    scaled by its share of the batch's non-empty sequences, so the sum is the
    full-batch objective. One optimizer update at the end.
 
+For DOPD the privileged passes run twice per micro-batch (once per pass) and
+the plain teacher once (a diagnostic), instead of once each: the price of
+never holding more than a micro-batch of ``[B, T, V]`` logits.
+
 Micro-batch m holds rows m, m + M, m + 2M, ...: with rows sharded in
 contiguous blocks over the data-parallel axes, every micro-batch is spread
 evenly over all devices. Metrics are the full-batch values: token means are
@@ -39,7 +43,6 @@ from dopd_jax.models import transformer
 # Methods whose loss compares tokens with batch reference values: they get the
 # whole batch's values via ``refs`` (a loss of this table instead of loss_fn).
 REF_METHODS = ("dopd",)
-_PRIV_PAIR = ("priv_student", "priv_teacher")
 
 
 def _dopd_loss_with_refs(student_BTV, targets, ro, cfg, refs):
@@ -58,20 +61,28 @@ def split_rows(x, num_microbatches: int):
                         0, 1)
 
 
-def _block(block, x_BLD, positions_BL, mask_BL):
-    return block(x_BLD, positions_BL, mask_BL)[0]
+def _stacked_blocks(model):
+    """The decoder blocks as one graphdef and their states stacked on a leading layer axis."""
+    splits = [nnx.split(block) for block in model.layers]
+    graphdef = splits[0][0]
+    if any(gd != graphdef for gd, _ in splits[1:]):
+        raise ValueError("forward_logits needs decoder blocks of one structure")
+    return graphdef, jax.tree.map(lambda *xs: jnp.stack(xs), *(st for _, st in splits))
 
 
 def forward_logits(graphdef, params, prefix_BP, prefix_mask_BP, response_BT, *,
                    remat: bool = False, constrain=lambda x: x):
-    """``rollout.score`` with optional per-block remat and activation constraints.
+    """``rollout.score`` as a ``lax.scan`` over layers, with optional remat and constraints.
 
-    Walks the model's own modules as ``Transformer.hidden`` does (same values
-    as ``rollout.score``). With ``remat`` the backward pass keeps one
-    ``[B, L, D]`` input per block and recomputes the block instead of keeping
-    its activations (attention scores included). ``constrain`` is applied to
-    the residual stream at block boundaries and to the logits, so that under
-    FSDP the weights are gathered rather than the activations.
+    Same values as ``rollout.score`` (the model's own modules, as in
+    ``Transformer.hidden``), but the blocks run in a scan over their stacked
+    parameters (a copy of the block weights per call): one compiled block
+    whatever the depth, and with ``remat`` the backward pass keeps one
+    ``[B, L, D]`` input per block and recomputes the block (attention scores
+    included) inside the backward loop, which XLA cannot hoist (with an
+    unrolled loop XLA:CPU schedules the recomputation early and saves nothing).
+    ``constrain`` is applied to the residual stream at block boundaries and to
+    the logits, so that under FSDP the weights are gathered, not activations.
 
     Args:
       graphdef, params: the model (``nnx.split``).
@@ -89,10 +100,14 @@ def forward_logits(graphdef, params, prefix_BP, prefix_mask_BP, response_BT, *,
     mask_BL = jnp.concatenate([prefix_mask_BP.astype(bool),
                                jnp.ones(response_BT.shape, bool)], axis=1)
     positions_BL = transformer.default_positions(mask_BL)
-    block_fn = nnx.remat(_block) if remat else _block
-    x_BLD = constrain(model.embed(tokens_BL))
-    for block in model.layers:
-        x_BLD = constrain(block_fn(block, x_BLD, positions_BL, mask_BL))
+    block_gd, blocks_N = _stacked_blocks(model)
+
+    def body(x_BLD, block_state):
+        block = nnx.merge(block_gd, block_state)
+        return constrain(block(x_BLD, positions_BL, mask_BL)[0]), None
+
+    body = jax.checkpoint(body) if remat else body
+    x_BLD, _ = jax.lax.scan(body, constrain(model.embed(tokens_BL)), blocks_N)
     # RMSNorm is per position: normalising only the T scored positions is exact.
     return constrain(model.logits(model.final_norm(x_BLD[:, p - 1:p + t - 1])))
 
@@ -112,7 +127,7 @@ def _score_pass(graphdef_s, graphdef_t, spec, constrain, state, teacher_params, 
     elif name == "priv_teacher":
         gd, params, prefix, mask = graphdef_t, teacher_params, mb["priv_BQ"], mb["priv_mask_BQ"]
     else:
-        params = state.params if spec.priv_student == "live" else state.ref_params
+        params = steps._priv_student_params(spec, state)
         gd, prefix, mask = graphdef_s, mb["priv_BQ"], mb["priv_mask_BQ"]
     return jax.lax.stop_gradient(
         forward_logits(gd, params, prefix, mask, ro.tokens_BT, constrain=constrain))
@@ -194,7 +209,7 @@ def _second_pass(graphdef_s, spec, score, remat, constrain, state, refs, n_seq_t
     return grad_acc, (loss, metrics, _metric_weights(metrics, ro.mask_BT))
 
 
-def _check_rows(spec, num_microbatches, batch, ro, mesh) -> int:
+def _check_rows(spec, num_microbatches, batch, ro, mesh) -> None:
     """Raises ValueError unless the rows split into equal (and evenly sharded) micro-batches."""
     rows = ro.tokens_BT.shape[0]
     if batch.priv_BQ.shape[0] * spec.sampler.n_samples != rows:
@@ -207,7 +222,6 @@ def _check_rows(spec, num_microbatches, batch, ro, mesh) -> int:
     if (rows // num_microbatches) % shards:
         raise ValueError(f"micro-batches of {rows // num_microbatches} rows do not split "
                          f"over {shards} data-parallel shards; use fewer micro-batches")
-    return rows
 
 
 def _constraints(mesh):
