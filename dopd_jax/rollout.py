@@ -126,8 +126,9 @@ def sample(graphdef, params, prompt_BP, prompt_mask_BP, key,
   mask_BP = repeat_rows(jnp.asarray(prompt_mask_BP, bool), cfg.n_samples)
   (b, p), t = prompt_BP.shape, cfg.max_new_tokens
   cache = transformer.init_cache(model.cfg, b, p + t - 1)
-  logits_BPV, cache = model.decode(
-      prompt_BP, transformer.default_positions(mask_BP), cache, mask_BP)
+  # Left padding puts every row's last real prompt token at position P - 1.
+  logits_B1V, cache = model.decode(
+      prompt_BP, transformer.default_positions(mask_BP), cache, mask_BP, last_only=True)
   n_real_B = mask_BP.sum(axis=1).astype(jnp.int32)
   pick = lambda logits_BV, step: sampling.sample_tokens(
       logits_BV, jax.random.fold_in(key, step), temperature=cfg.temperature,
@@ -144,7 +145,7 @@ def sample(graphdef, params, prompt_BP, prompt_mask_BP, key,
            jnp.where(live_B, logp_B, 0.0))
     return (cache, out[0], live_B), out
 
-  tok0_B, logp0_B = pick(logits_BPV[:, -1], 0)
+  tok0_B, logp0_B = pick(logits_B1V[:, 0], 0)
   live0_B = jnp.ones((b,), bool)
   _, (toks_TB, live_TB, logp_TB) = jax.lax.scan(
       step_fn, (cache, tok0_B, live0_B), jnp.arange(1, t))

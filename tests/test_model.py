@@ -152,6 +152,19 @@ def test_kv_cache_prefill_and_steps_match_full_forward():
   np.testing.assert_allclose(decoded[mask], full[mask], atol=1e-5, rtol=1e-5)
 
 
+def test_prefill_last_only_projects_just_the_last_position():
+  model = _model()
+  tokens = _tokens(3, 7)
+  mask = jnp.arange(7)[None] >= jnp.array([[0], [2], [4]])
+  positions = default_positions(mask)
+  full, cache_full = model.decode(tokens, positions, init_cache(BASE, 3, 7), mask)
+  last, cache_last = model.decode(tokens, positions, init_cache(BASE, 3, 7), mask,
+                                  last_only=True)
+  assert last.shape == (3, 1, BASE.vocab_size)
+  np.testing.assert_allclose(last[:, 0], full[:, -1], atol=1e-6, rtol=1e-6)
+  np.testing.assert_array_equal(cache_last.k_BSGE[0], cache_full.k_BSGE[0])
+
+
 def test_split_merge_roundtrip_under_jit():
   model = _model()
   graphdef, params = nnx.split(model)

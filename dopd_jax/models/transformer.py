@@ -164,7 +164,7 @@ class Transformer(nnx.Module):
     return self.logits(self.hidden(tokens_BL, positions_BL=positions_BL,
                                    mask_BL=mask_BL))
 
-  def decode(self, tokens_BT, positions_BT, cache: KVCache, mask_BT):
+  def decode(self, tokens_BT, positions_BT, cache: KVCache, mask_BT, *, last_only=False):
     """Feeds T tokens through the cache at ``cache.index`` (prefill or step).
 
     Args:
@@ -172,9 +172,12 @@ class Transformer(nnx.Module):
       positions_BT: int rotary positions of the new tokens.
       cache: KVCache with at least ``index + T`` slots.
       mask_BT: bool, False on pad tokens.
+      last_only: project only the last position to the vocabulary (a prefill
+        needs just that one; [B, P, V] logits of a long prompt are large).
 
     Returns:
-      (logits_BTV, new_cache) with the index advanced by T.
+      (logits_BTV, new_cache) with the index advanced by T; T = 1 in the
+      logits when ``last_only``.
     """
     index = cache.index
     mask_BS = jax.lax.dynamic_update_slice(cache.mask_BS, mask_BT.astype(bool),
@@ -186,6 +189,8 @@ class Transformer(nnx.Module):
                                       (k_BSGE, v_BSGE), index)
       new_k.append(k_BSGE)
       new_v.append(v_BSGE)
+    if last_only:
+      x_BTD = x_BTD[:, -1:]
     logits_BTV = self.logits(self.final_norm(x_BTD))
     new_cache = KVCache(k_BSGE=tuple(new_k), v_BSGE=tuple(new_v),
                         mask_BS=mask_BS, index=index + tokens_BT.shape[1])
