@@ -17,9 +17,9 @@ prints the per-device memory of this and other plans; ``tests/test_paper_scale.p
 checks that this plan fits 80 GB per device. Measured (XLA:CPU, 8 simulated
 devices, full depth): 31.1 GB per device (3.3 GB arguments, 27.8 GB temp);
 32 micro-batches: 43.0 GB; without remat: 85.6 GB; one unsharded device with
-one micro-batch: 5.6 TB. The sampler (``rollout.sample``) is the open problem:
-as written it needs 124 GB per device for 128 prompts per call (its prefill
-projects every prompt position to V).
+one micro-batch: 5.6 TB. The sampler (``rollout.sample``, prefill projecting
+only the last prompt position) needs 76.3 GB per device for 128 prompts per
+call and 20.2 GB for 32.
 
 Not runnable end to end yet, and said plainly: the experiment runner
 (``dopd_jax.run`` / ``stages``) still builds the CPU-scale task, tokenizer
