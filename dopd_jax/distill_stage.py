@@ -102,6 +102,7 @@ def distill_stage(ctx: Context, run: str, teacher: Model, student: Model, writer
         start, state, key, extra = train_checkpoint.resume(
             ckpt, f"distill/{run}", init,
             jax.random.key(c.seed + 400), stream, workdir=ctx.workdir, log=ctx.log)
+        writer.resume(f"distill/{run}", start)
         progress.skip(start)
         history, monitor = list(extra.get("history", [])), _monitor_from(extra.get("monitor"))
         sampler = greedy_sampler(ctx, student.graphdef)

@@ -27,6 +27,13 @@ class MetricWriter:
         self._path = os.path.join(workdir, "metrics.jsonl")
         self._tb_root = os.path.join(workdir, "tb") if tensorboard else None
         self._tb = {}
+        self._purge = {}
+
+    def resume(self, run: str, step: int) -> None:
+        """Marks ``run`` as resumed after ``step``: TensorBoard events of later steps
+        (written before an interruption) are purged when the run writes again."""
+        if step > 0:
+            self._purge[run] = step + 1
 
     def _tb_writer(self, run: str):
         if self._tb_root is None:
@@ -34,7 +41,8 @@ class MetricWriter:
         if run not in self._tb:
             from tensorboardX import SummaryWriter  # local: optional at import time
 
-            self._tb[run] = SummaryWriter(os.path.join(self._tb_root, run.replace("/", "_")))
+            self._tb[run] = SummaryWriter(os.path.join(self._tb_root, run.replace("/", "_")),
+                                          purge_step=self._purge.get(run))
         return self._tb[run]
 
     def write(self, run: str, step: int, metrics: Mapping[str, Any]) -> None:

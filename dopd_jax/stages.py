@@ -171,6 +171,7 @@ def _sft_stage(ctx: Context, name: str, stage_cfg, seed: int, writer, progress) 
             ckpt, f"{name}_sft",
             sharding.init_state_sharded(model.params, opt, ctx.mesh, keep_ref=False), None,
             stream, workdir=ctx.workdir, log=ctx.log)
+        writer.resume(f"{name}_sft", start)
         progress.skip(start)
         with train.sigterm_flag() as stop:
             hooks = train.LoopHooks(
