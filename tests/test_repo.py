@@ -30,3 +30,13 @@ def test_every_experiment_has_get_config_with_smoke():
         src = path.read_text()
         assert "def get_config(arg=None)" in src, path
         assert "smoke" in src, path
+
+
+def test_readme_step_function_example_runs():
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    example = next(b for b in blocks if "steps.distill_step" in b)
+    namespace = {}
+    exec(example, namespace)
+    assert float(namespace["metrics"]["loss"]) >= 0.0
+    assert int(namespace["state"].step) == 1
