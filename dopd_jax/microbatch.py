@@ -274,7 +274,7 @@ def microbatched_update_step(graphdef_s, graphdef_t, optimizer, spec: steps.Dist
                            ref, params)
     metrics = _weighted_means(metrics_M, weights_M)
     metrics.update(refs or {})
-    metrics.update(loss=jnp.sum(loss_M), grad_norm=optax.global_norm(grads))
+    metrics.update(loss=jnp.sum(loss_M), grad_norm=optax.tree.norm(grads))
     metrics.update(steps._rollout_metrics(ro))
     return steps.TrainState(params, opt_state, ref, state.step + 1), metrics
 

@@ -168,7 +168,7 @@ def update_step(graphdef_s, optimizer, spec: DistillSpec, state: TrainState,
     if spec.priv_student == "ema":
         ref = jax.tree.map(lambda r, p: spec.ema_decay * r + (1 - spec.ema_decay) * p,
                            ref, params)
-    metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
+    metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
     metrics.update(diagnostics.token_stats(
         student_BTV, targets[spec.method.main_target], ro.tokens_BT, ro.mask_BT,
         top_k=min(spec.loss.top_k, student_BTV.shape[-1]), chunk_size=spec.loss.chunk_size))
@@ -200,7 +200,7 @@ def sft_step(graphdef, optimizer, state: TrainState, batch: SFTBatch) -> tuple[T
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
+    metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
     return TrainState(params, opt_state, state.ref_params, state.step + 1), metrics
 
 
