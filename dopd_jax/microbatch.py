@@ -266,17 +266,12 @@ def microbatched_update_step(graphdef_s, graphdef_t, optimizer, spec: steps.Dist
     grads, (loss_M, metrics_M, weights_M) = jax.lax.scan(body, acc0, mbs)
     grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
 
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    ref = state.ref_params
-    if spec.priv_student == "ema":
-        ref = jax.tree.map(lambda r, p: spec.ema_decay * r + (1 - spec.ema_decay) * p,
-                           ref, params)
+    new_state = steps.apply_gradients(optimizer, spec, state, grads)
     metrics = _weighted_means(metrics_M, weights_M)
     metrics.update(refs or {})
     metrics.update(loss=jnp.sum(loss_M), grad_norm=optax.tree.norm(grads))
     metrics.update(steps._rollout_metrics(ro))
-    return steps.TrainState(params, opt_state, ref, state.step + 1), metrics
+    return new_state, metrics
 
 
 def make_microbatched_update(graphdef_s, graphdef_t, optimizer, spec: steps.DistillSpec,

@@ -162,19 +162,25 @@ def update_step(graphdef_s, optimizer, spec: DistillSpec, state: TrainState,
 
     (loss, (metrics, student_BTV)), grads = jax.value_and_grad(
         loss_fn, has_aux=True)(state.params)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    ref = state.ref_params
-    if spec.priv_student == "ema":
-        ref = jax.tree.map(lambda r, p: spec.ema_decay * r + (1 - spec.ema_decay) * p,
-                           ref, params)
+    new_state = apply_gradients(optimizer, spec, state, grads)
     metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
     metrics.update(diagnostics.token_stats(
         student_BTV, targets[spec.method.main_target], ro.tokens_BT, ro.mask_BT,
         top_k=min(spec.loss.top_k, student_BTV.shape[-1]), chunk_size=spec.loss.chunk_size))
     metrics.update(_sampled_kls(student_BTV, targets, ro))
     metrics.update(_rollout_metrics(ro))
-    return TrainState(params, opt_state, ref, state.step + 1), metrics
+    return new_state, metrics
+
+
+def apply_gradients(optimizer, spec: DistillSpec, state: TrainState, grads) -> TrainState:
+    """One optimizer update of the student; an EMA privileged copy follows it."""
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ref = state.ref_params
+    if spec.priv_student == "ema":
+        ref = jax.tree.map(lambda r, p: spec.ema_decay * r + (1 - spec.ema_decay) * p,
+                           ref, params)
+    return TrainState(params, opt_state, ref, state.step + 1)
 
 
 def distill_step(graphdef_s, graphdef_t, optimizer, spec: DistillSpec, state: TrainState,
