@@ -34,6 +34,9 @@ def base_config() -> ml_collections.ConfigDict:
     # Device mesh of every step (sharding_rules: batch over data x fsdp, weights over
     # fsdp x tensor); -1 = all remaining devices. One CPU device gives a 1x1x1 mesh.
     c.mesh = dict(data=-1, fsdp=1, tensor=1)
+    # Multi-process runs (one process per host, or several on one machine): with
+    # num_processes > 1, dopd_jax.run calls jax.distributed.initialize with these.
+    c.distributed = dict(coordinator_address="", num_processes=1, process_id=0)
     c.checkpoint_keep = 2  # training-state checkpoints kept per stage (ckpt/<stage>)
     c.task = dict(domain="arith", difficulty="", misleading_fraction=0.2,
                   priv_form="exec_hints", max_prompt_len=16, max_priv_len=32,

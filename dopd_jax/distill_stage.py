@@ -49,14 +49,18 @@ def _distill_resume_config(c, run: str, method: str, d, teacher: Model, student:
 
 
 def _distill_batches_of(ctx: Context, stream):
-    """Yields ``(examples, DistillBatch)`` of a (possibly resumed) prompt stream."""
+    """Yields ``(examples, DistillBatch)`` of a (possibly resumed) prompt stream.
+
+    ``examples`` is the whole batch; the DistillBatch holds global arrays to which
+    each process feeds its own rows (``sharding.to_global_batch``)."""
     t = ctx.cfg.task
     for examples in stream:
         arr = evaluate.prompt_arrays(examples, ctx.tok, form=t.priv_form,
                                      max_prompt_len=t.max_prompt_len,
                                      max_priv_len=t.max_priv_len)
-        yield examples, steps_lib.DistillBatch(arr.prompt_BP, arr.prompt_mask_BP,
-                                               arr.priv_BQ, arr.priv_mask_BQ)
+        yield examples, sharding.to_global_batch(
+            steps_lib.DistillBatch(arr.prompt_BP, arr.prompt_mask_BP, arr.priv_BQ,
+                                   arr.priv_mask_BQ), ctx.mesh)
 
 
 def _monitor_from(saved: dict | None) -> CollapseMonitor:

@@ -8,7 +8,7 @@ from typing import Sequence
 import jax
 import numpy as np
 
-from dopd_jax import rollout as rollout_lib
+from dopd_jax import rollout as rollout_lib, sharding
 from dopd_jax.data import encode, tasks
 
 
@@ -57,7 +57,7 @@ def _greedy(graphdef, cfg, params, prompt_BP, mask_BP):
 
 
 def accuracy(sampler, params, examples: Sequence, tok, *, privileged: bool, form: str,
-             max_prompt_len: int, max_priv_len: int, batch_size: int) -> dict:
+             max_prompt_len: int, max_priv_len: int, batch_size: int, mesh=None) -> dict:
     """Greedy accuracy of ``params`` on ``examples`` under the task verifier.
 
     Args:
@@ -68,6 +68,8 @@ def accuracy(sampler, params, examples: Sequence, tok, *, privileged: bool, form
       privileged: condition on x + p (form ``form``) instead of x alone.
       form, max_prompt_len, max_priv_len: prompt encoding settings.
       batch_size: rows per sampler call; the last batch is padded by repetition.
+      mesh: the device mesh of ``params``; with several processes each feeds
+        only its rows of every batch (every process gets every result).
 
     Returns:
       dict with ``acc``, ``response_len`` and ``truncated_frac``.
@@ -80,7 +82,9 @@ def accuracy(sampler, params, examples: Sequence, tok, *, privileged: bool, form
                             max_priv_len=max_priv_len)
         ids, mask = (arr.priv_BQ, arr.priv_mask_BQ) if privileged else (
             arr.prompt_BP, arr.prompt_mask_BP)
-        tokens_BT, mask_BT, trunc_B = jax.device_get(sampler(params, ids, mask))
+        if mesh is not None:
+            ids, mask = sharding.to_global_batch((ids, mask), mesh)
+        tokens_BT, mask_BT, trunc_B = sharding.to_host(sampler(params, ids, mask))
         for i, ex in enumerate(chunk):
             text = tok.decode([int(t) for t in tokens_BT[i][mask_BT[i]]])
             correct.append(tasks.verify(ex, text))

@@ -14,11 +14,12 @@ import json
 import os
 import time
 
+import jax
 import ml_collections
 
 from dopd_jax import config as config_lib
 from dopd_jax import distill_stage, stages, validation
-from dopd_jax.metric_writer import MetricWriter
+from dopd_jax.metric_writer import MetricWriter, NullMetricWriter
 from dopd_jax.report import format_table
 
 
@@ -30,6 +31,9 @@ def _load_json(path):
 
 
 def _save_json(path, obj):
+    """Writes ``obj`` atomically on process 0 (other processes write nothing)."""
+    if jax.process_index() != 0:
+        return
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
@@ -46,11 +50,18 @@ def run_experiment(cfg: ml_collections.ConfigDict, workdir: str, *, progress=Non
       workdir: where stage outputs, metrics and results go.
       progress: optional ``stages.Progress`` (a tqdm bar by default).
       log: sink for human-readable messages (warnings included).
+
+    With several processes (``jax.distributed`` initialised) every process runs
+    this with the same config and workdir; only process 0 writes files, logs and
+    shows progress, and all of them return the results.
     """
     validation.validate(cfg)
+    main = jax.process_index() == 0
+    if not main:
+        log = lambda msg: None  # noqa: E731 (process 0 reports)
     os.makedirs(workdir, exist_ok=True)
     _check_config_matches(cfg, workdir)
-    writer = MetricWriter(workdir)
+    writer = MetricWriter(workdir) if main else NullMetricWriter()
     progress = progress or stages.Progress.for_config(cfg)
     try:
         ctx = stages.build_context(cfg, workdir, log)

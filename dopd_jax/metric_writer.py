@@ -61,6 +61,19 @@ class MetricWriter:
         self._tb = {}
 
 
+class NullMetricWriter:
+    """A ``MetricWriter`` that writes nothing (processes other than 0 of a multi-process run)."""
+
+    def resume(self, run: str, step: int) -> None:
+        """Ignored."""
+
+    def write(self, run: str, step: int, metrics: Mapping[str, Any]) -> None:
+        """Ignored."""
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+
 def read_metrics(workdir: str, run: str | None = None) -> list[dict]:
     """Reads back the records of ``metrics.jsonl`` (optionally of one run)."""
     path = os.path.join(workdir, "metrics.jsonl")

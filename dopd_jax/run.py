@@ -5,6 +5,10 @@ fields are rejected. Progress is shown as it runs; metrics go to
 ``DIR/metrics.jsonl`` and TensorBoard files under ``DIR/tb``; the run ends
 by printing the results table and writing ``DIR/results.json``. Restarting
 with the same workdir resumes from the last finished stage.
+
+Multi-process: start one such command per process, each with
+``--config.distributed.num_processes=N --config.distributed.process_id=I
+--config.distributed.coordinator_address=HOST:PORT`` and the same workdir.
 """
 from __future__ import annotations
 
@@ -27,12 +31,41 @@ def main(argv) -> None:
         logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     cfg = _CONFIG.value
     try:
-        validation.validate(cfg)
+        validation.validate_distributed(cfg)
     except ValueError as e:
         sys.exit(f"error: {e}")
-    from dopd_jax.experiment import run_experiment  # after validation: imports JAX
+    distributed = _initialize_distributed(cfg.distributed)
+    try:
+        try:
+            validation.validate(cfg)  # counts devices: after jax.distributed.initialize
+        except ValueError as e:
+            sys.exit(f"error: {e}")
+        from dopd_jax.experiment import run_experiment  # after validation: imports JAX
 
-    run_experiment(cfg, _WORKDIR.value)
+        run_experiment(cfg, _WORKDIR.value)
+    finally:
+        if distributed:
+            import jax
+
+            jax.distributed.shutdown()
+
+
+def _initialize_distributed(d) -> bool:
+    """Joins ``jax.distributed`` when ``config.distributed.num_processes > 1``.
+
+    Must run before any other JAX call. CPU devices use gloo collectives.
+
+    Returns:
+      whether this is a multi-process run.
+    """
+    if d.num_processes <= 1:
+        return False
+    import jax
+
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=d.coordinator_address,
+                               num_processes=d.num_processes, process_id=d.process_id)
+    return True
 
 
 def cli() -> None:

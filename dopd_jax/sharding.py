@@ -209,6 +209,32 @@ def host_local_to_global(batch: Any, mesh: Mesh) -> Any:
         sharding, np.asarray(x)), batch)
 
 
+def to_global_batch(batch: Any, mesh: Mesh) -> Any:
+    """A whole host batch, built identically by every process, as step inputs.
+
+    One process: ``batch`` is returned unchanged (the jitted steps place it by
+    their ``in_shardings``). Several processes: each passes only its own rows
+    (``process_row_slice``) to ``host_local_to_global``.
+    """
+    if jax.process_count() == 1:
+        return batch
+    rows = process_row_slice(mesh, np.shape(jax.tree.leaves(batch)[0])[0])
+    return host_local_to_global(jax.tree.map(lambda x: np.asarray(x)[rows], batch), mesh)
+
+
+def to_host(tree: Any) -> Any:
+    """NumPy copies of (possibly multi-process) global arrays, whole in every process.
+
+    Arrays not fully addressable here are gathered with ``process_allgather``
+    (a collective: every process must call it).
+    """
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(tree, tiled=True)
+
+
 @dataclasses.dataclass(frozen=True)
 class StepShardings:
     """The sharding contract of the jitted step functions (see ``jit_kwargs``)."""

@@ -8,8 +8,10 @@ import dataclasses
 import os
 from typing import Any, Callable
 
+import jax
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from dopd_jax import checkpoint, evaluate
@@ -48,7 +50,8 @@ class Progress:
     """One progress bar over all steps of the experiment."""
 
     def __init__(self, total: int):
-        self._bar = tqdm(total=total, unit="step", dynamic_ncols=True, mininterval=1.0)
+        self._bar = tqdm(total=total, unit="step", dynamic_ncols=True, mininterval=1.0,
+                         disable=jax.process_index() != 0)  # one bar per experiment
 
     @classmethod
     def for_config(cls, cfg) -> "Progress":
@@ -74,12 +77,16 @@ class Progress:
 def build_context(cfg, workdir: str, log) -> Context:
     """Loads or trains the tokenizer and builds the fixed evaluation sets."""
     path = os.path.join(workdir, "tokenizer.model")
-    if os.path.exists(path):
+    exists = os.path.exists(path)
+    if jax.process_count() > 1:  # every process decides before process 0 writes
+        multihost_utils.sync_global_devices("dopd_jax.tokenizer_checked")
+    if exists:
         tok = Tokenizer.load(path)
-    else:
+    else:  # deterministic: every process trains the same tokenizer, process 0 saves it
         corpus = corpus_for_tokenizer(sorted(tasks.DOMAINS), cfg.tokenizer.corpus_size, cfg.seed)
         tok = train_tokenizer(corpus, vocab_size=cfg.tokenizer.vocab_size)
-        tok.save(path)
+        if jax.process_index() == 0:
+            tok.save(path)
     kw = task_kwargs(cfg)
     test = pipeline.eval_set(cfg.task.domain, "test", cfg.task.n_test, cfg.seed + 1, **kw)
     hard = pipeline.eval_set(cfg.task.domain, "hard", cfg.task.n_hard, cfg.seed + 2, **kw)
@@ -143,14 +150,15 @@ def _sft_resume_config(ctx: Context, name: str, stage_cfg, seed: int) -> dict:
 
 def _sft_batches(ctx: Context, stage_cfg, seed: int, stream):
     """SFT batches of ``stream``; the p-dropout draws of batch i use the seed (seed, i),
-    so a resumed stream reproduces them."""
+    so a resumed stream reproduces them. Every process builds the whole batch and
+    feeds its own rows (``sharding.to_global_batch``)."""
     while True:
         index = stream.get_state()["next_batch"]
         sft = encode.encode_sft(next(stream), ctx.tok, p_dropout=stage_cfg.p_dropout,
                                 rng=np.random.default_rng([seed, index]),
                                 max_len=stage_cfg.max_len, form=SFT_FORMS)
-        yield {"inputs_BL": sft.inputs_BL, "targets_BL": sft.targets_BL,
-               "loss_mask_BL": sft.loss_mask_BL}
+        yield sharding.to_global_batch({"inputs_BL": sft.inputs_BL, "targets_BL": sft.targets_BL,
+                                        "loss_mask_BL": sft.loss_mask_BL}, ctx.mesh)
 
 
 def _sft_stage(ctx: Context, name: str, stage_cfg, seed: int, writer, progress) -> Model:
@@ -159,7 +167,9 @@ def _sft_stage(ctx: Context, name: str, stage_cfg, seed: int, writer, progress) 
     if checkpoint.has_params(path):
         model = init_model(ctx, stage_cfg.model, seed)
         progress.skip(stage_cfg.steps)
-        params = sharding.shard_params(checkpoint.load_params(path, model.params), ctx.mesh)
+        params = checkpoint.load_params(path, model.params)  # in model.params' shardings
+        if jax.process_count() == 1:
+            params = sharding.shard_params(params, ctx.mesh)
         return dataclasses.replace(model, params=params)
     progress.stage(name)
     with stage_checkpointer(ctx, name, _sft_resume_config(ctx, name, stage_cfg, seed)) as ckpt:
@@ -212,7 +222,8 @@ def accuracy(ctx, sampler, params, examples, privileged: bool) -> dict:
     t = ctx.cfg.task
     return evaluate.accuracy(sampler, params, examples, ctx.tok, privileged=privileged,
                              form=t.priv_form, max_prompt_len=t.max_prompt_len,
-                             max_priv_len=t.max_priv_len, batch_size=ctx.cfg.eval.batch_size)
+                             max_priv_len=t.max_priv_len, batch_size=ctx.cfg.eval.batch_size,
+                             mesh=ctx.mesh)
 
 
 def full_eval(ctx: Context, model: Model, sampler=None) -> dict:

@@ -24,7 +24,7 @@ import jax
 import numpy as np
 import optax
 
-from dopd_jax import steps as steps_lib
+from dopd_jax import sharding, steps as steps_lib
 from dopd_jax.data import tasks
 from dopd_jax.monitor import CollapseMonitor
 
@@ -139,8 +139,9 @@ def _emit(hooks: LoopHooks, step: int, metrics) -> dict:
 
 
 def rollout_reward(tok, examples, n_samples: int, ro) -> float:
-    """Fraction of sampled responses the verifier accepts (host side)."""
-    tokens_BT, mask_BT = jax.device_get((ro.tokens_BT, ro.mask_BT))
+    """Fraction of sampled responses the verifier accepts (host side; with several
+    processes the rollout is gathered, a collective every process must call)."""
+    tokens_BT, mask_BT = sharding.to_host((ro.tokens_BT, ro.mask_BT))
     ok = []
     for row in range(tokens_BT.shape[0]):
         text = tok.decode([int(t) for t in tokens_BT[row][mask_BT[row]]])

@@ -36,6 +36,7 @@ import os
 from typing import Any, Callable
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from dopd_jax.checkpoint import config_mismatch, fingerprint, shapes
@@ -56,6 +57,27 @@ class Restored:
     state: Any  # TrainState, structured like the ``like`` passed to ``restore``
     key: jax.Array | None  # typed PRNG key, None when the stage saved none
     extra: dict  # the caller's JSON saved with the step
+
+
+def _barrier(name: str) -> None:
+    """Waits for every process (a no-op with one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def _global_replicated(x: jax.Array) -> jax.Array:
+    """``x`` (the same value in every process) replicated over all processes' devices.
+
+    One process: ``x`` unchanged. Several: orbax cannot save a single-device
+    array, so it becomes a global array replicated on every device.
+    """
+    if jax.process_count() == 1:
+        return x
+    mesh = jax.sharding.Mesh(np.array(jax.devices()), ("devices",))
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    return jax.make_array_from_process_local_data(sharding, np.asarray(jax.device_get(x)))
 
 
 def _digest(payload: dict) -> str:
@@ -163,7 +185,7 @@ class StageCheckpointer:
     def _tree(state, key) -> dict:
         tree = {"train_state": state}
         if key is not None:
-            tree["rng_key_data"] = jax.random.key_data(key)
+            tree["rng_key_data"] = _global_replicated(jax.random.key_data(key))
         return tree
 
     def _step_dir(self, step: int) -> str:
@@ -204,9 +226,13 @@ class StageCheckpointer:
                              f"current model/optimizer: {'; '.join(diff[:5])}")
 
     def _set_aside(self, step: int, error: Exception) -> None:
+        """Renames a damaged step (process 0; every process reaches this for the same step)."""
         src = self._step_dir(step)
         dst = _aside_path(src)
-        os.rename(src, dst)
+        _barrier(f"dopd_jax.set_aside.{step}.before")  # all have read it before it moves
+        if jax.process_index() == 0:
+            os.rename(src, dst)
+        _barrier(f"dopd_jax.set_aside.{step}.after")
         self._log(f"WARNING: checkpoint {src} is damaged ({type(error).__name__}: "
                   f"{str(error)[:200]}); moved it to {dst} and using the previous one")
         self._manager.reload()
@@ -237,7 +263,8 @@ def resume(ckpt: StageCheckpointer, run: str, state, key, stream, *, workdir: st
         start, state, key, extra = restored.step, restored.state, restored.key, restored.extra
         stream.set_state(extra["stream"])
         log(f"resuming {run} after step {start} from {ckpt.directory}")
-    drop_metrics_after(workdir, run, start, log)
+    if jax.process_index() == 0:  # the process that writes metrics.jsonl
+        drop_metrics_after(workdir, run, start, log)
     return start, state, key, extra
 
 

@@ -12,8 +12,21 @@ def _check(cond: bool, key: str, msg: str) -> None:
         raise ValueError(f"config.{key}: {msg}")
 
 
+def validate_distributed(c: ml_collections.ConfigDict) -> None:
+    """Checks ``config.distributed`` (before ``jax.distributed.initialize`` uses it)."""
+    d = c.get("distributed")
+    if d is None:
+        return
+    _check(d.num_processes >= 1, "distributed.num_processes", f"must be >= 1, got {d.num_processes}")
+    _check(0 <= d.process_id < d.num_processes, "distributed.process_id",
+           f"must be in [0, {d.num_processes}), got {d.process_id}")
+    _check(d.num_processes == 1 or bool(d.coordinator_address),
+           "distributed.coordinator_address", "must be HOST:PORT when num_processes > 1")
+
+
 def validate(c: ml_collections.ConfigDict) -> None:
     """Checks every field a run depends on; raises ValueError naming the key."""
+    validate_distributed(c)
     _check(len(c.distill.methods) == len(set(c.distill.methods)), "distill.methods",
            f"duplicate entries in {tuple(c.distill.methods)}")
     runs = {name: resolve_run(c, name) for name in c.distill.methods}
