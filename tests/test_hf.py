@@ -216,6 +216,23 @@ def test_shardings_hook_places_each_param(tmp_path):
   assert _rel_err(_fwd(loaded, tokens), _fwd(model, tokens)) <= 1e-6
 
 
+def test_mesh_loads_into_rule_shardings(tmp_path):
+  from dopd_jax import sharding
+
+  cfg, model = _our_model(True, True)
+  save_hf(model, cfg, str(tmp_path))
+  mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+  loaded = load_hf(str(tmp_path), mesh=mesh)
+  expected = sharding.param_shardings(nnx.state(loaded, nnx.Param), mesh)
+  got = jax.tree.map(lambda x: x.sharding, nnx.state(loaded, nnx.Param))
+  assert jax.tree.leaves(got) == jax.tree.leaves(expected)
+  assert any(len(s.spec) and any(s.spec) for s in jax.tree.leaves(got))  # really sharded
+  tokens = jnp.asarray(_tokens(seed=4), jnp.int32)
+  assert _rel_err(_fwd(loaded, tokens), _fwd(model, tokens)) <= 1e-6
+  with pytest.raises(ValueError, match="either shardings or mesh"):
+    load_hf(str(tmp_path), mesh=mesh, shardings=lambda p, s: None)
+
+
 @pytest.fixture(name="saved")
 def _saved(tmp_path):
   cfg, model = _our_model(False, False)

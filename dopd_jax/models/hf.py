@@ -28,6 +28,7 @@ import numpy as np
 from flax import nnx
 from safetensors.numpy import save_file
 
+from dopd_jax import sharding_rules
 from dopd_jax.models.hf_config import config_from_hf, config_to_hf
 from dopd_jax.models.transformer import ModelConfig, Transformer
 
@@ -177,8 +178,18 @@ def _dtype_name(dtype) -> str:
   return np.dtype(dtype).name if not isinstance(dtype, str) else dtype
 
 
+def rule_shardings(mesh) -> Shardings:
+  """The ``shardings`` hook of ``load_hf`` from the project's logical axis rules."""
+  def hook(param_path, shape):
+    keys = tuple(jax.tree_util.DictKey(k) for k in param_path)
+    axes = sharding_rules.param_logical_axes(keys, len(shape))
+    spec = sharding_rules.logical_to_spec(axes, shape, mesh)
+    return jax.sharding.NamedSharding(mesh, spec)
+  return hook
+
+
 def load_hf(path: str, *, dtype=None, param_dtype=None,
-            shardings: Shardings | None = None) -> Transformer:
+            shardings: Shardings | None = None, mesh=None) -> Transformer:
   """Loads a local Qwen3/Llama checkpoint directory as a ``Transformer``.
 
   Args:
@@ -191,10 +202,17 @@ def load_hf(path: str, *, dtype=None, param_dtype=None,
       ``param_path`` a tuple of strings such as
       ``('layers', '0', 'attn', 'q_proj', 'kernel')``; each parameter is
       placed with it as it is read.
+    mesh: a ``jax.sharding.Mesh``: shorthand for ``shardings=rule_shardings(mesh)``
+      (the rules of ``dopd_jax.sharding_rules``), so the full model never sits on
+      one device.
 
   Returns:
     The model; ``model(tokens_BL)`` returns logits [B, L, V].
   """
+  if mesh is not None:
+    if shardings is not None:
+      raise ValueError("give load_hf either shardings or mesh, not both")
+    shardings = rule_shardings(mesh)
   path = os.fspath(path)
   config_file = os.path.join(path, "config.json")
   if not os.path.exists(config_file):
