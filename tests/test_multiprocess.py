@@ -7,24 +7,17 @@ same steps on one device and compares.
 """
 import importlib.util
 import json
-import os
 import pathlib
-import socket
-import subprocess
 import sys
 
 import numpy as np
+
+import processes
 
 HERE = pathlib.Path(__file__).resolve().parent
 WORKER = HERE / "multiprocess_worker.py"
 NUM_PROCESSES = 2
 TIMEOUT_S = 150
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
 
 
 def _load_worker():
@@ -34,36 +27,14 @@ def _load_worker():
     return module
 
 
-def _child_env() -> dict:
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-               JAX_PLATFORMS="cpu")
-    env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent), env.get("PYTHONPATH", "")])
-    return env
-
-
 def _run_children(tmp_path, while_running) -> tuple[list[dict], object]:
     """Runs the workers; calls ``while_running()`` meanwhile and returns its value too."""
-    port, procs = _free_port(), []
+    port = processes.free_port()
     outs = [tmp_path / f"process{i}.json" for i in range(NUM_PROCESSES)]
-    logs = [open(tmp_path / f"process{i}.log", "w") for i in range(NUM_PROCESSES)]
-    try:
-        for i in range(NUM_PROCESSES):
-            procs.append(subprocess.Popen(
-                [sys.executable, str(WORKER), str(i), str(NUM_PROCESSES), str(port), str(outs[i])],
-                env=_child_env(), cwd=HERE.parent, stdout=logs[i], stderr=subprocess.STDOUT))
-        local = while_running()
-        for p in procs:
-            p.wait(timeout=TIMEOUT_S)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-        for f in logs:
-            f.close()
-    for i, p in enumerate(procs):
-        log = (tmp_path / f"process{i}.log").read_text()[-3000:]
-        assert p.returncode == 0, f"process {i} exited with {p.returncode}:\n{log}"
+    commands = [[sys.executable, str(WORKER), str(i), str(NUM_PROCESSES), str(port), str(outs[i])]
+                for i in range(NUM_PROCESSES)]
+    local = processes.run_all(commands, processes.cpu_env(2), tmp_path, TIMEOUT_S,
+                              while_running)
     return [json.loads(o.read_text()) for o in outs], local
 
 

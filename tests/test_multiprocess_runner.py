@@ -6,15 +6,15 @@ process over 4 devices with the same mesh shape. Distillation metrics and the
 results table must agree, and only process 0 may have written the files.
 """
 import json
-import os
 import pathlib
-import socket
 import subprocess
 import sys
 
 import numpy as np
 
 from dopd_jax.metric_writer import read_metrics
+
+import processes
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SMOKE = "experiments/privilege_illusion.py:smoke"
@@ -24,50 +24,22 @@ COMMON = ["--config", SMOKE, "--config.distill.methods=('dopd',)", "--config.mes
 COMPARED = ("loss", "A_bar", "frac_HS")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
-def _env(devices: int) -> dict:
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-               JAX_PLATFORMS="cpu")
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    return env
-
-
 def _run_processes(workdir: pathlib.Path, logdir: pathlib.Path) -> None:
     """Runs the runner as NUM_PROCESSES processes; kills any left running."""
-    port, procs = _free_port(), []
-    logs = [open(logdir / f"process{i}.log", "w") for i in range(NUM_PROCESSES)]
-    try:
-        for i in range(NUM_PROCESSES):
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "dopd_jax.run", *COMMON, "--workdir", str(workdir),
+    port = processes.free_port()
+    commands = [[sys.executable, "-m", "dopd_jax.run", *COMMON, "--workdir", str(workdir),
                  f"--config.distributed.num_processes={NUM_PROCESSES}",
                  f"--config.distributed.process_id={i}",
-                 f"--config.distributed.coordinator_address=localhost:{port}"],
-                env=_env(2), cwd=ROOT, stdout=logs[i], stderr=subprocess.STDOUT))
-        for p in procs:
-            p.wait(timeout=TIMEOUT_S)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-        for f in logs:
-            f.close()
-    for i, p in enumerate(procs):
-        log = (logdir / f"process{i}.log").read_text()[-3000:]
-        assert p.returncode == 0, f"process {i} exited with {p.returncode}:\n{log}"
+                 f"--config.distributed.coordinator_address=localhost:{port}"]
+                for i in range(NUM_PROCESSES)]
+    processes.run_all(commands, processes.cpu_env(2), logdir, TIMEOUT_S)
 
 
 def test_two_process_runner_matches_one_process(tmp_path):
     multi, single = tmp_path / "multi", tmp_path / "single"
     _run_processes(multi, tmp_path)
     proc = subprocess.run([sys.executable, "-m", "dopd_jax.run", *COMMON, "--workdir", str(single)],
-                          env=_env(4), cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT_S)
+                          env=processes.cpu_env(4), cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT_S)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     rows_m = read_metrics(str(multi), "distill/dopd")
