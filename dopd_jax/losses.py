@@ -84,13 +84,8 @@ def dopd_loss(student_logits, priv_student_logits, teacher_logits, tokens, mask,
       regime, A_bar, qS_bar, qT_bar, gap_mean, kl_priv_teacher,
       kl_priv_student (float32 scalars).
     """
-    div_lib.check_top_k(top_k, allow_none=False)
-    if hs_target not in HS_TARGETS:
-        raise ValueError(f"hs_target must be one of {HS_TARGETS}, got {hs_target!r}")
-    div_lib.check_divergence_args("rkl", 0.5, top_k, topk_mode)
-    div_lib.check_same_shape(student_logits, priv_student_logits, "priv_student")
-    div_lib.check_same_shape(student_logits, teacher_logits, "teacher")
-    _check_tokens_mask(student_logits, tokens, mask)
+    _check_dopd_args(student_logits, priv_student_logits, teacher_logits, tokens, mask,
+                     top_k, topk_mode, hs_target)
     targets = {"teacher": jax.lax.stop_gradient(teacher_logits),
                "priv_student": jax.lax.stop_gradient(priv_student_logits)}
 
@@ -119,10 +114,27 @@ def dopd_loss(student_logits, priv_student_logits, teacher_logits, tokens, mask,
     metrics = _dopd_regime_metrics(regimes, jax.lax.stop_gradient(weighted),
                                    stats["gap"], mask)
     metrics.update(refs)
-    metrics["gap_mean"] = div_lib.token_mean(stats["gap"], mask)
-    metrics["kl_priv_teacher"] = div_lib.token_mean(logp_BT - stats["logqT"], mask)
-    metrics["kl_priv_student"] = div_lib.token_mean(logp_BT - stats["logqS"], mask)
+    metrics.update(_privilege_metrics(stats, logp_BT, mask))
     return loss, metrics
+
+
+def _check_dopd_args(student_logits, priv_student_logits, teacher_logits, tokens, mask,
+                     top_k, topk_mode, hs_target):
+    """dopd_loss's argument checks (ValueError naming the problem, before tracing)."""
+    div_lib.check_top_k(top_k, allow_none=False)
+    if hs_target not in HS_TARGETS:
+        raise ValueError(f"hs_target must be one of {HS_TARGETS}, got {hs_target!r}")
+    div_lib.check_divergence_args("rkl", 0.5, top_k, topk_mode)
+    div_lib.check_same_shape(student_logits, priv_student_logits, "priv_student")
+    div_lib.check_same_shape(student_logits, teacher_logits, "teacher")
+    _check_tokens_mask(student_logits, tokens, mask)
+
+
+def _privilege_metrics(stats, logp_BT, mask_BT) -> dict:
+    """Mean gap and sampled-token KLs of the student to both privileged passes."""
+    return {"gap_mean": div_lib.token_mean(stats["gap"], mask_BT),
+            "kl_priv_teacher": div_lib.token_mean(logp_BT - stats["logqT"], mask_BT),
+            "kl_priv_student": div_lib.token_mean(logp_BT - stats["logqS"], mask_BT)}
 
 
 def opd_pg_loss(student_logits, teacher_logits, tokens, mask, *,
@@ -152,6 +164,25 @@ def opd_pg_loss(student_logits, teacher_logits, tokens, mask, *,
       (loss, metrics) with kl_teacher, adv_mean and, with sampler_logp,
       is_weight_mean and is_zeroed_frac.
     """
+    _check_pg_args(student_logits, teacher_logits, tokens, mask, sampler_logp, is_clip,
+                   adv_clip)
+
+    logS_BT = div_lib.sampled_logprobs(student_logits, tokens, chunk_size)
+    logT_BT = div_lib.sampled_logprobs(
+        jax.lax.stop_gradient(teacher_logits), tokens, chunk_size)
+    kl_BT = jax.lax.stop_gradient(logS_BT) - logT_BT
+    adv_BT = _pg_advantage(kl_BT, tokens, adv_clip, outcome_adv)
+    metrics = {"kl_teacher": div_lib.token_mean(kl_BT, mask),
+               "adv_mean": div_lib.token_mean(adv_BT, mask)}
+    weight_BT, is_metrics = _importance_weights(logS_BT, sampler_logp, is_clip, mask)
+    metrics.update(is_metrics)
+    loss = div_lib.sequence_mean(-weight_BT * adv_BT * logS_BT, mask)
+    return loss, metrics
+
+
+def _check_pg_args(student_logits, teacher_logits, tokens, mask, sampler_logp, is_clip,
+                   adv_clip):
+    """opd_pg_loss's argument checks (ValueError naming the problem, before tracing)."""
     div_lib.check_same_shape(student_logits, teacher_logits, "teacher")
     _check_tokens_mask(student_logits, tokens, mask)
     if is_clip is not None and sampler_logp is None:
@@ -163,35 +194,32 @@ def opd_pg_loss(student_logits, teacher_logits, tokens, mask, *,
     if sampler_logp is not None and sampler_logp.shape != tokens.shape:
         raise ValueError(f"sampler_logp {sampler_logp.shape} must match tokens {tokens.shape}")
 
-    logS_BT = div_lib.sampled_logprobs(student_logits, tokens, chunk_size)
-    logT_BT = div_lib.sampled_logprobs(
-        jax.lax.stop_gradient(teacher_logits), tokens, chunk_size)
-    kl_BT = jax.lax.stop_gradient(logS_BT) - logT_BT
+
+def _pg_advantage(kl_BT, tokens_BT, adv_clip, outcome_adv):
+    """A_n = clip(-kl_n) (+ outcome advantage), under stop-gradient."""
     adv_BT = -kl_BT
     if adv_clip is not None:
         adv_BT = jnp.clip(adv_BT, -adv_clip, adv_clip)
     if outcome_adv is not None:
         outcome_adv = jnp.asarray(outcome_adv, jnp.float32)
-        if outcome_adv.shape not in (tokens.shape[:1], tokens.shape):
+        if outcome_adv.shape not in (tokens_BT.shape[:1], tokens_BT.shape):
             raise ValueError(f"outcome_adv {outcome_adv.shape} must be [B] or [B, T] "
-                             f"with [B, T] = {tokens.shape}")
+                             f"with [B, T] = {tokens_BT.shape}")
         adv_BT = adv_BT + (outcome_adv[:, None] if outcome_adv.ndim == 1 else outcome_adv)
-    adv_BT = jax.lax.stop_gradient(adv_BT)
+    return jax.lax.stop_gradient(adv_BT)
 
-    metrics = {"kl_teacher": div_lib.token_mean(kl_BT, mask),
-               "adv_mean": div_lib.token_mean(adv_BT, mask)}
-    weight_BT = jnp.ones_like(adv_BT)
-    if sampler_logp is not None:
-        weight_BT = jax.lax.stop_gradient(
-            jnp.exp(logS_BT - sampler_logp.astype(jnp.float32)))
-        metrics["is_weight_mean"] = div_lib.token_mean(weight_BT, mask)
-        if is_clip is not None:
-            kept_BT = (weight_BT >= is_clip[0]) & (weight_BT <= is_clip[1])
-            weight_BT = jnp.where(kept_BT, weight_BT, 0.0)
-            metrics["is_zeroed_frac"] = div_lib.token_mean(
-                (~kept_BT).astype(jnp.float32), mask)
-    loss = div_lib.sequence_mean(-weight_BT * adv_BT * logS_BT, mask)
-    return loss, metrics
+
+def _importance_weights(logS_BT, sampler_logp, is_clip, mask_BT):
+    """sg[pi_train / pi_sampler], zeroed outside is_clip; 1 without sampler_logp."""
+    if sampler_logp is None:
+        return jnp.ones_like(logS_BT), {}
+    weight_BT = jax.lax.stop_gradient(jnp.exp(logS_BT - sampler_logp.astype(jnp.float32)))
+    metrics = {"is_weight_mean": div_lib.token_mean(weight_BT, mask_BT)}
+    if is_clip is not None:
+        kept_BT = (weight_BT >= is_clip[0]) & (weight_BT <= is_clip[1])
+        weight_BT = jnp.where(kept_BT, weight_BT, 0.0)
+        metrics["is_zeroed_frac"] = div_lib.token_mean((~kept_BT).astype(jnp.float32), mask_BT)
+    return weight_BT, metrics
 
 
 def divergence_loss(student_logits, target_logits, tokens, mask, *, kind="rkl",
