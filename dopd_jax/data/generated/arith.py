@@ -17,7 +17,7 @@ import dataclasses
 import itertools
 import random
 
-from dopd_jax.data import problem as problem_lib
+from dopd_jax.data.generated import problem as problem_lib
 
 _LETTERS = "abcdef"
 _OPS = "+-*"

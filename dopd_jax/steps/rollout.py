@@ -1,11 +1,10 @@
-"""Rollouts from the student and teacher-forced scoring of responses.
+"""Rollouts: the student samples its own responses (prefill + scan decode).
 
-Both entry points are pure functions of ``(graphdef, params)`` from
+``sample`` is a pure function of ``(graphdef, params)`` from
 ``nnx.split(model)``. Jit them with the static arguments bound, e.g.::
 
   sample_fn = jax.jit(functools.partial(rollout.sample, graphdef, cfg=cfg))
   ro = sample_fn(params, prompt_BP, prompt_mask_BP, key)
-  score_fn = jax.jit(functools.partial(rollout.score, graphdef))
 
 (or ``jax.jit(rollout.sample, static_argnames=("graphdef", "cfg"))``).
 Prompts are left-padded, so every row's last prompt slot is a real token and
@@ -18,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from dopd_jax import sampling
+from dopd_jax.steps import sampling
 from dopd_jax.models import transformer
 
 
@@ -77,7 +76,7 @@ def validate_prompts(prompt_BP, prompt_mask_BP, max_prompt_len: int) -> None:
     max_prompt_len: largest allowed number of real tokens per row.
   """
   prompt_BP, mask_BP = np.asarray(prompt_BP), np.asarray(prompt_mask_BP)
-  _check_prefix(prompt_BP, mask_BP, "prompt")
+  check_prefix(prompt_BP, mask_BP, "prompt")
   mask_BP = mask_BP.astype(bool)
   lengths_B = mask_BP.sum(axis=1)
   for name, bad_B in (("empty prompt (no real token)", lengths_B == 0),
@@ -90,7 +89,7 @@ def validate_prompts(prompt_BP, prompt_mask_BP, max_prompt_len: int) -> None:
       raise ValueError(f"{name} in row {row}: mask={mask_BP[row].astype(int)}")
 
 
-def _check_prefix(ids_BP, mask_BP, what: str) -> None:
+def check_prefix(ids_BP, mask_BP, what: str) -> None:
   if ids_BP.ndim != 2 or ids_BP.shape != mask_BP.shape:
     raise ValueError(f"{what} ids {ids_BP.shape} and mask {mask_BP.shape} "
                      "must be equal 2-D shapes [B, P]")
@@ -120,7 +119,7 @@ def sample(graphdef, params, prompt_BP, prompt_mask_BP, key,
     Rollout with B = prompts * n_samples rows and T = max_new_tokens.
   """
   cfg.validate()
-  _check_prefix(prompt_BP, prompt_mask_BP, "prompt")
+  check_prefix(prompt_BP, prompt_mask_BP, "prompt")
   model = nnx.merge(graphdef, params)
   prompt_BP = repeat_rows(jnp.asarray(prompt_BP, jnp.int32), cfg.n_samples)
   mask_BP = repeat_rows(jnp.asarray(prompt_mask_BP, bool), cfg.n_samples)
@@ -155,36 +154,3 @@ def sample(graphdef, params, prompt_BP, prompt_mask_BP, key,
   return Rollout(prompt_BP=prompt_BP, prompt_mask_BP=mask_BP,
                  tokens_BT=tokens_BT, mask_BT=mask_BT, sampler_logp_BT=logp_BT,
                  truncated_B=~jnp.any(mask_BT & (tokens_BT == cfg.eos_id), 1))
-
-
-def score(graphdef, params, prefix_BP, prefix_mask_BP, response_BT):
-  """Teacher-forced logits of a response after a left-padded prefix.
-
-  Positions come from the cumulative mask, so a response gets the same
-  positions after any amount of left padding; ``logits_BTV[:, n]`` predicts
-  ``response_BT[:, n]``. Response pads after EOS are fed as ordinary tokens
-  (they only affect later, masked positions).
-
-  Args:
-    graphdef: static half of ``nnx.split(model)``.
-    params: parameter state of the model.
-    prefix_BP: int32 left-padded prefix ids (prompt, or prompt + privilege).
-    prefix_mask_BP: bool, True on real prefix tokens; every row non-empty.
-    response_BT: int32 response ids.
-
-  Returns:
-    logits_BTV in the model's compute dtype.
-  """
-  _check_prefix(prefix_BP, prefix_mask_BP, "prefix")
-  if response_BT.ndim != 2 or response_BT.shape[0] != prefix_BP.shape[0]:
-    raise ValueError(f"response {response_BT.shape} must be [B, T] with the "
-                     f"prefix's B={prefix_BP.shape[0]}")
-  model = nnx.merge(graphdef, params)
-  p, t = prefix_BP.shape[1], response_BT.shape[1]
-  tokens_BL = jnp.concatenate([prefix_BP, response_BT], axis=1).astype(jnp.int32)
-  mask_BL = jnp.concatenate([jnp.asarray(prefix_mask_BP, bool),
-                             jnp.ones(response_BT.shape, bool)], axis=1)
-  h_BLD = model.hidden(tokens_BL, mask_BL=mask_BL,
-                       positions_BL=transformer.default_positions(mask_BL))
-  # Only the T positions that predict response tokens are projected to V.
-  return model.logits(h_BLD[:, p - 1:p + t - 1])

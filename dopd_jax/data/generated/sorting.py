@@ -15,7 +15,7 @@ count changes nothing about the sequence length.
 import dataclasses
 import random
 
-from dopd_jax.data import problem as problem_lib
+from dopd_jax.data.generated import problem as problem_lib
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,7 +4,7 @@ A domain draws a `Problem`: one prompt with two ways of solving it, the
 correct `Trace` and a plausible wrong one (a wrong strategy, executed
 faithfully). Privileged information is rendered from one of the two traces,
 so every privileged form of a misleading example tells the same wrong story
-and the privileged teacher's target (`priv_solution`) executes it.
+and the privileged teacher's target (`priv_response`) executes it.
 
 Randomness uses only `random.Random(str_seed).random()`: Python guarantees
 that both string seeding and the `random()` stream stay the same across

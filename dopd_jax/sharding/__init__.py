@@ -5,14 +5,14 @@ Typical use (one process or many; ``tests/multiprocess_worker.py`` runs two)::
   mesh = sharding.make_mesh({"data": -1, "fsdp": 2, "tensor": 1})
   graphdef, params = sharding.init_sharded(lambda: Transformer(cfg, rngs=nnx.Rngs(0)), mesh)
   state = sharding.init_state_sharded(params, optimizer, mesh, keep_ref=False)
-  sh = sharding.step_shardings(mesh, optimizer, state, teacher_params)
-  fns = steps.make_distill_fns(graphdef, graphdef_t, optimizer, spec, shardings=sh)
+  sh = sharding.step_shardings(mesh, optimizer, state, {"teacher": teacher_params})
+  fns = steps.make_distill_fns(graphdefs, optimizer, spec, shardings=sh)
   batch = sharding.host_local_to_global(local_batch, mesh)  # this process's rows
 
 The jitted steps declare their shardings, so committed inputs must already
 sit in them (``shard_params``, ``jax.device_put(state, sh.state)``); the
 in_shardings already constrain activations at step entry. The rule table
-(which dimension goes on which mesh axis) is in ``sharding_rules``.
+(which dimension goes on which mesh axis) is in ``dopd_jax.sharding.rules``.
 """
 from __future__ import annotations
 
@@ -28,8 +28,8 @@ import optax
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from dopd_jax import sharding_rules as rules
-from dopd_jax import steps
+from dopd_jax.sharding import rules
+from dopd_jax import state as state_lib
 
 
 def _resolve_shape(shape: Mapping[str, int], n_devices: int) -> dict[str, int]:
@@ -73,7 +73,7 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def param_shardings(params: Any, mesh: Mesh) -> Any:
-    """NamedShardings of every parameter (``sharding_rules.param_partition_specs``)."""
+    """NamedShardings of every parameter (``rules.param_partition_specs``)."""
     specs = rules.param_partition_specs(params, mesh)
     return jax.tree.map(lambda s: NamedSharding(mesh, s), specs,
                         is_leaf=lambda x: isinstance(x, P))
@@ -108,8 +108,8 @@ def shard_params(params: Any, mesh: Mesh) -> Any:
     return jax.device_put(params, param_shardings(params, mesh))
 
 
-def state_shardings(state: steps.TrainState, optimizer: optax.GradientTransformation,
-                    mesh: Mesh) -> steps.TrainState:
+def state_shardings(state: state_lib.TrainState, optimizer: optax.GradientTransformation,
+                    mesh: Mesh) -> state_lib.TrainState:
     """Shardings of a TrainState: optimizer moments follow their parameters.
 
     Args:
@@ -125,13 +125,13 @@ def state_shardings(state: steps.TrainState, optimizer: optax.GradientTransforma
     opt = optax.tree_map_params(optimizer, lambda _, s: s, state.opt_state, psh,
                                 transform_non_params=lambda _: replicated(mesh))
     ref = None if state.ref_params is None else psh
-    return steps.TrainState(psh, opt, ref, replicated(mesh))
+    return state_lib.TrainState(psh, opt, ref, replicated(mesh))
 
 
 def init_state_sharded(params: Any, optimizer: optax.GradientTransformation, mesh: Mesh,
-                       keep_ref: bool) -> steps.TrainState:
-    """``steps.init_state`` jitted straight into ``state_shardings``."""
-    fn = functools.partial(steps.init_state, optimizer=optimizer, keep_ref=keep_ref)
+                       keep_ref: bool) -> state_lib.TrainState:
+    """``state_lib.init_state`` jitted straight into ``state_shardings``."""
+    fn = functools.partial(state_lib.init_state, optimizer=optimizer, keep_ref=keep_ref)
     out = state_shardings(jax.eval_shape(fn, params), optimizer, mesh)
     return jax.jit(fn, out_shardings=out)(params)
 
@@ -240,8 +240,8 @@ class StepShardings:
     """The sharding contract of the jitted step functions (see ``jit_kwargs``)."""
 
     mesh: Mesh
-    state: steps.TrainState  # of NamedSharding (params, optimizer, ref, step)
-    teacher: Any  # NamedShardings of the teacher params, None without a teacher
+    state: state_lib.TrainState  # of NamedSharding (params, optimizer, ref, step)
+    teachers: Any  # dict role -> NamedShardings of each teacher's params; None without
     rows: NamedSharding  # batch-like arrays: leading dim over data-parallel axes
     replicated: NamedSharding  # keys and scalar metrics
 
@@ -250,31 +250,32 @@ class StepShardings:
         s, rows, rep = self.state, self.rows, self.replicated
         table = {  # phase: (in_shardings, out_shardings) over its positional args
             "rollout": ((s, rows, rep), rows),  # (state, batch, key) -> Rollout
-            "score": ((s, self.teacher, rows, rows), rows),  # (state, teacher, batch, ro) -> targets
+            "score": ((s, self.teachers, rows, rows), rows),  # (state, teachers, batch, ro) -> targets
             "update": ((s, rows, rows), (s, rep)),  # (state, ro, targets) -> (state, metrics)
             "sft": ((s, rows), (s, rep)),  # (state, batch) -> (state, metrics)
         }
         if phase not in table:
             raise ValueError(f"unknown step phase {phase!r}; valid: {sorted(table)}")
-        if phase == "score" and self.teacher is None:
+        if phase == "score" and self.teachers is None:
             raise ValueError("the score phase needs teacher shardings: pass teacher_params "
                              "to step_shardings")
         return {"in_shardings": table[phase][0], "out_shardings": table[phase][1]}
 
 
 def step_shardings(mesh: Mesh, optimizer: optax.GradientTransformation,
-                   state: steps.TrainState, teacher_params: Any = None) -> StepShardings:
-    """Builds the StepShardings of a student state (and optional teacher).
+                   state: state_lib.TrainState, teachers: Any = None) -> StepShardings:
+    """Builds the StepShardings of a student state (and optional teachers).
 
     Args:
       mesh: the device mesh.
       optimizer: the optax transformation of ``state``.
       state: TrainState, concrete or abstract (``jax.eval_shape``).
-      teacher_params: teacher parameter pytree (sharded by the same rules), or None.
+      teachers: dict role -> teacher parameter pytree (sharded by the same rules),
+        e.g. ``{"teacher": params}``, or None.
 
     Returns:
       StepShardings for ``steps.make_distill_fns`` / ``steps.make_sft_fn``.
     """
-    teacher = None if teacher_params is None else param_shardings(teacher_params, mesh)
+    teacher = None if teachers is None else param_shardings(teachers, mesh)
     return StepShardings(mesh, state_shardings(state, optimizer, mesh), teacher,
                          batch_sharding(mesh), replicated(mesh))

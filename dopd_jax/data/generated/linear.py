@@ -16,7 +16,7 @@ running remainders of the long division.
 import dataclasses
 import random
 
-from dopd_jax.data import problem as problem_lib
+from dopd_jax.data.generated import problem as problem_lib
 
 
 @dataclasses.dataclass(frozen=True)

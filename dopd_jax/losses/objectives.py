@@ -12,8 +12,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from dopd_jax import divergences as div_lib
-from dopd_jax import routing
+from dopd_jax.losses import divergences as div_lib
+from dopd_jax.losses import routing
 
 HS_TARGETS = ("priv_student", "teacher")
 

@@ -143,28 +143,3 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 64, *,
     raise ValueError(f"SentencePiece training failed for vocab_size="
                      f"{vocab_size}: {e}") from e
   return Tokenizer(out.getvalue())
-
-
-def corpus_for_tokenizer(domains: Sequence[str], n: int,
-                         seed: int) -> list[str]:
-  """Texts covering prompts, every privileged form and both solutions.
-
-  Args:
-    domains: domain names.
-    n: examples per domain (half of them misleading, so wrong strategies
-      are covered too).
-    seed: data seed.
-
-  Returns:
-    A list of segment texts.
-  """
-  from dopd_jax.data import tasks  # pylint: disable=g-import-not-at-top
-  # Imported here because dopd_jax.data.encode imports this module.
-  texts = []
-  for domain in domains:
-    for ex in tasks.generate(domain, n, seed, misleading_fraction=0.5):
-      texts.append(ex.prompt)
-      texts.extend(ex.privileged[f] for f in tasks.PRIVILEGED_FORMS
-                   if ex.privileged[f])
-      texts.extend((ex.solution, ex.priv_solution))
-  return texts

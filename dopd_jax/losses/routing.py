@@ -12,7 +12,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from dopd_jax import divergences
+from dopd_jax.losses import divergences
 
 REGIMES = ("LH", "LL", "HT", "HS")
 REF_KEYS = ("A_bar", "qS_bar", "qT_bar")

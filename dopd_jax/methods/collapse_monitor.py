@@ -54,3 +54,12 @@ class CollapseMonitor:
             return False
         increasing = all(b > a for a, b in zip(w, w[1:]))
         return increasing and w[-1] >= self.rise_factor * max(w[0], 1e-8)
+
+    def state(self) -> dict:
+        """JSON-able state (saved with training checkpoints)."""
+        return {"history": list(self.history), "raised": sorted(self.raised)}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "CollapseMonitor":
+        """Inverse of ``state``."""
+        return cls(history=list(state["history"]), raised=set(state["raised"]))

@@ -20,8 +20,8 @@ import random
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from dopd_jax.data import problem as problem_lib
-from dopd_jax.data import tasks
+from dopd_jax.data.generated import problem as problem_lib
+from dopd_jax.data.generated import tasks
 
 
 def _weights(domains: Sequence[str], mix: Sequence[float] | None) -> list[float]:

@@ -6,7 +6,7 @@ float32 scalar averaged over the valid response tokens.
 import jax
 import jax.numpy as jnp
 
-from dopd_jax import divergences as div_lib
+from dopd_jax.losses import divergences as div_lib
 
 
 def _membership_BCV(idx_BCK, vocab):

@@ -6,7 +6,7 @@ correct worked solution y ending in ` A: <answer>`, and the target a
 privileged teacher is trained on. A configurable fraction of examples is
 *misleading*: all their privileged forms describe a wrong strategy
 (wrong order of operations, wrong inverse, wrong sort order) and
-`priv_solution` executes it, so a teacher trained on (x, p, priv_solution)
+`priv_response` executes it, so a teacher trained on (x, p, priv_response)
 copies wrong hints, as the DOPD routing must detect.
 
 Segment convention (methods.md section 1): x has no leading space; p (when
@@ -26,26 +26,14 @@ import re
 import zlib
 from typing import Any
 
-from dopd_jax.data import arith, linear, problem as problem_lib, sorting
+from dopd_jax.data.example import Example
+from dopd_jax.data.generated import arith, linear, problem as problem_lib, sorting
 
 PRIVILEGED_FORMS = ("none", "hints", "exec_hints", "answer")
 SPLITS = ("train", "test", "hard")
 DOMAINS = {d.name: d for d in (arith.DOMAIN, sorting.DOMAIN, linear.DOMAIN)}
 _BUCKETS = 10          # prompt hash buckets: 0 -> test, 1 -> hard, else train
 _MAX_DRAWS = 20_000    # rejection-sampling budget for one example
-
-
-@dataclasses.dataclass(frozen=True)
-class Example:
-  """One problem with its privileged forms and reference responses."""
-  domain: str
-  prompt: str                 # x, e.g. "Q: 37*4+18=?"
-  privileged: dict[str, str]  # form -> p, e.g. {"answer": " hint: 166", ...}
-  solution: str               # correct y, e.g. " 37*4=148 148+18=166 A: 166"
-  answer: str                 # e.g. "166"
-  misleading: bool            # True if every form of p tells a wrong story
-  priv_solution: str          # y a privileged teacher learns given p
-  hardness: int               # domain count (carries, remainders, repeats)
 
 
 def get_domain(name: str) -> problem_lib.Domain:
@@ -80,8 +68,8 @@ def render(domain: str, prob: problem_lib.Problem, misleading: bool) -> Example:
                 "exec_hints": f" hint: {shown.values}",
                 "answer": f" hint: {shown.answer}"}
   return Example(domain=domain, prompt=prob.prompt, privileged=privileged,
-                 solution=_solution(prob.correct), answer=prob.correct.answer,
-                 misleading=misleading, priv_solution=_solution(shown),
+                 response=_solution(prob.correct), answer=prob.correct.answer,
+                 misleading=misleading, priv_response=_solution(shown),
                  hardness=prob.hardness)
 
 

@@ -1,0 +1,211 @@
+"""Pure step functions of on-policy distillation: rollout, scoring, update.
+
+Every function here is pure over pytrees: static configuration (graphdefs,
+the optimizer, the method) is bound with ``functools.partial`` and the
+caller jits once (``make_distill_fns``). Teacher parameters are always an
+argument, a dict role -> params (``{"teacher": params}``, or several named
+``teacher/<name>`` roles), never closed over and never donated.
+
+A distillation step is ``rollout_step`` -> ``score_step`` -> ``update_step``;
+``distill_step`` composes the three for users' own JAX code. Nothing here
+names a method: the spec's method declares the passes scored and the loss.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from dopd_jax.data.batches import PromptBatch
+from dopd_jax.losses import diagnostics, divergences as div_lib
+from dopd_jax.methods.base import Method, Pass, pass_from_name
+from dopd_jax.state import TrainState, init_state  # noqa: F401 (re-exported)
+from dopd_jax.steps import rollout as rollout_lib, scoring
+
+DistillBatch = PromptBatch  # the prompt batch of a distillation step
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillSpec:
+    """Static description of a distillation step (hashable; bound by partial).
+
+    Attributes:
+      method: the method plug-in.
+      config: its frozen config (``method.config_cls``).
+      sampler: rollout settings.
+      log_passes: extra pass names (``teacher``, ``priv_teacher``, ...) scored
+        only for the sampled-token KL diagnostics ``kl_to_<name>``.
+      chunk_size: positions per chunk of every full-vocabulary operation
+        (None: one pass).
+      diag_top_k: K of the top-K agreement diagnostics (clamped to V).
+    """
+
+    method: Method
+    config: Any
+    sampler: rollout_lib.SamplerConfig
+    log_passes: tuple[str, ...] = ("teacher", "priv_teacher")
+    chunk_size: int | None = None
+    diag_top_k: int = 128
+
+    @property
+    def passes(self) -> dict[str, Pass]:
+        """The method's target passes, slot -> Pass."""
+        return dict(self.method.passes(self.config))
+
+    @property
+    def diagnostic_passes(self) -> dict[str, Pass]:
+        """Log passes the method does not already score."""
+        return {n: pass_from_name(n) for n in self.log_passes if n not in self.passes}
+
+    @property
+    def ref_update(self) -> str:
+        """How the train state's reference copy is kept: none, frozen or ema."""
+        return self.method.ref_update(self.config)
+
+    @property
+    def ema_decay(self) -> float:
+        return float(getattr(self.config, "ema_decay", 0.99))
+
+
+def rollout_step(graphdefs: dict, spec: DistillSpec, state: TrainState, batch: PromptBatch,
+                 key: jax.Array) -> rollout_lib.Rollout:
+    """Samples responses from the deployed student (prompt x only)."""
+    key = jax.random.fold_in(key, state.step)
+    return rollout_lib.sample(graphdefs["student"], state.params, batch.prompt_BP,
+                              batch.prompt_mask_BP, key, spec.sampler)
+
+
+def priv_rows(batch: PromptBatch, n_samples: int):
+    """The privileged prefixes repeated like the rollout's rows."""
+    return (rollout_lib.repeat_rows(batch.priv_BQ, n_samples),
+            rollout_lib.repeat_rows(batch.priv_mask_BQ, n_samples))
+
+
+def score_step(graphdefs: dict, spec: DistillSpec, state: TrainState, teachers: dict,
+               batch: PromptBatch, ro: rollout_lib.Rollout) -> dict:
+    """Scores the sampled responses under every pass the method declares.
+
+    Returns a dict slot -> logits_BTV (stop-gradient) aligned with
+    ``ro.tokens_BT``, plus ``logp_<name>_BT`` sampled-token log-probs of the
+    diagnostic passes (``spec.log_passes``) the method does not use.
+    """
+    priv_BQ, priv_mask_BQ = priv_rows(batch, spec.sampler.n_samples)
+    score = functools.partial(scoring.score_pass, graphdefs, state=state, teachers=teachers,
+                              ro=ro, priv_BQ=priv_BQ, priv_mask_BQ=priv_mask_BQ)
+    targets = {slot: score(p=p) for slot, p in spec.passes.items()}
+    for name, p in spec.diagnostic_passes.items():
+        targets[f"logp_{name}_BT"] = div_lib.sampled_logprobs(score(p=p), ro.tokens_BT,
+                                                              spec.chunk_size)
+    return targets
+
+
+def rollout_metrics(ro: rollout_lib.Rollout) -> dict:
+    """Response length, truncation and token count of a rollout."""
+    lengths_B = ro.mask_BT.sum(-1).astype(jnp.float32)
+    return {"response_len": lengths_B.mean(),
+            "truncated_frac": ro.truncated_B.astype(jnp.float32).mean(),
+            "num_tokens": lengths_B.sum()}
+
+
+def sampled_kls(spec: DistillSpec, student_BTV, targets, ro) -> dict:
+    """Sampled-token reverse-KL estimates ``kl_to_<slot>`` for every scored pass (chunked)."""
+    logp = functools.partial(div_lib.sampled_logprobs, tokens_BT=ro.tokens_BT,
+                             chunk_size=spec.chunk_size)
+    s_logp = logp(jax.lax.stop_gradient(student_BTV))
+    out = {}
+    for name in list(spec.passes) + list(spec.diagnostic_passes):
+        t_logp = targets[name] if name in spec.passes else None
+        t_logp = logp(t_logp) if t_logp is not None else targets.get(f"logp_{name}_BT")
+        if t_logp is not None:
+            out[f"kl_to_{name}"] = div_lib.token_mean(s_logp - t_logp, ro.mask_BT)
+    return out
+
+
+def step_diagnostics(spec: DistillSpec, student_BTV, targets, ro) -> dict:
+    """Per-token diagnostics against the method's main target, and the sampled KLs."""
+    student_BTV = jax.lax.stop_gradient(student_BTV)
+    out = diagnostics.token_stats(
+        student_BTV, targets[spec.method.main_target], ro.tokens_BT, ro.mask_BT,
+        top_k=min(spec.diag_top_k, student_BTV.shape[-1]), chunk_size=spec.chunk_size)
+    out.update(sampled_kls(spec, student_BTV, targets, ro))
+    return out
+
+
+def update_step(graphdefs: dict, optimizer, spec: DistillSpec, state: TrainState,
+                ro: rollout_lib.Rollout, targets: dict) -> tuple[TrainState, dict]:
+    """Student forward on x + method loss + optimizer update."""
+
+    def loss_fn(params):
+        student_BTV = scoring.teacher_forced_logits(graphdefs["student"], params, ro.prompt_BP,
+                                                    ro.prompt_mask_BP, ro.tokens_BT)
+        loss, metrics = spec.method.loss(student_BTV, targets, ro, spec.config,
+                                         chunk_size=spec.chunk_size)
+        return loss, (metrics, student_BTV)
+
+    (loss, (metrics, student_BTV)), grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(state.params)
+    new_state = apply_gradients(optimizer, spec, state, grads)
+    metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
+    metrics.update(step_diagnostics(spec, student_BTV, targets, ro))
+    metrics.update(rollout_metrics(ro))
+    return new_state, metrics
+
+
+def apply_gradients(optimizer, spec: DistillSpec, state: TrainState, grads) -> TrainState:
+    """One optimizer update of the student; an EMA reference copy follows it."""
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ref = state.ref_params
+    if spec.ref_update == "ema":
+        decay = spec.ema_decay
+        ref = jax.tree.map(lambda r, p: decay * r + (1 - decay) * p, ref, params)
+    return TrainState(params, opt_state, ref, state.step + 1)
+
+
+def distill_step(graphdefs: dict, optimizer, spec: DistillSpec, state: TrainState,
+                 teachers: dict, batch: PromptBatch, key: jax.Array):
+    """One full on-policy distillation step: ``(state, teachers, batch, key) -> (state, metrics)``."""
+    ro = rollout_step(graphdefs, spec, state, batch, key)
+    targets = score_step(graphdefs, spec, state, teachers, batch, ro)
+    return update_step(graphdefs, optimizer, spec, state, ro, targets)
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillFns:
+    """The jitted pieces of a distillation step (one jit call site each)."""
+
+    rollout: Any
+    score: Any
+    update: Any
+
+
+def make_distill_fns(graphdefs: dict, optimizer, spec: DistillSpec,
+                     shardings=None) -> DistillFns:
+    """Binds static configuration and jits the three phases of a step.
+
+    Args:
+      graphdefs: dict role -> graphdef (``nnx.split``): ``student`` and every
+        teacher role the passes use.
+      optimizer: the student's optax transformation.
+      spec: static step description.
+      shardings: ``sharding.StepShardings`` (``sharding.step_shardings``), or
+        None to leave placement to JAX. With shardings every phase states its
+        in/out shardings; the state and teacher params must already be placed
+        in them. The state is donated to the update; the teachers never are.
+
+    Returns:
+      DistillFns(rollout(state, batch, key), score(state, teachers, batch, ro),
+      update(state, ro, targets)), called positionally.
+    """
+    jit_kwargs = (lambda phase: {}) if shardings is None else shardings.jit_kwargs
+    return DistillFns(
+        rollout=jax.jit(functools.partial(rollout_step, graphdefs, spec),
+                        **jit_kwargs("rollout")),
+        score=jax.jit(functools.partial(score_step, graphdefs, spec), **jit_kwargs("score")),
+        update=jax.jit(functools.partial(update_step, graphdefs, optimizer, spec),
+                       donate_argnames=("state",), **jit_kwargs("update")),
+    )
