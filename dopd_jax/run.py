@@ -17,7 +17,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from dopd_jax import validation
+from dopd_jax.pipeline import config_checks
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment module (path[:arg]).",
                                           lock_config=True)
@@ -31,18 +31,22 @@ def main(argv) -> None:
         logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     cfg = _CONFIG.value
     try:
-        validation.validate_distributed(cfg)
+        config_checks.validate_distributed(cfg)
     except ValueError as e:
         sys.exit(f"error: {e}")
     distributed = _initialize_distributed(cfg.distributed)
     try:
+        from dopd_jax.pipeline.runner import check_workdir, run_experiment
+
         try:
-            validation.validate(cfg)  # counts devices: after jax.distributed.initialize
+            config_checks.validate(cfg)  # counts devices: after jax.distributed.initialize
+            check_workdir(_WORKDIR.value)
         except ValueError as e:
             sys.exit(f"error: {e}")
-        from dopd_jax.experiment import run_experiment  # after validation: imports JAX
-
-        run_experiment(cfg, _WORKDIR.value)
+        try:
+            run_experiment(cfg, _WORKDIR.value)
+        except ValueError as e:  # bad input found while preparing (data, models)
+            sys.exit(f"error: {e}")
     finally:
         if distributed:
             import jax

@@ -11,7 +11,7 @@ the lengths (prompt x <= 1024 tokens, privileged prefix x + p <= 2048,
 response <= 2048; the student scores 3,072 positions, the privileged teacher
 4,096), and the memory plan: an ``fsdp=8`` mesh (batch rows and weights over
 8 devices; more devices add ``data`` parallelism) with the fused step of
-``dopd_jax.microbatch`` in 64 micro-batches of 8 rollouts (one per device) and
+``dopd_jax.steps.microbatch`` in 64 micro-batches of 8 rollouts (one per device) and
 per-block rematerialisation of the student. ``benchmarks/paper_scale_memory.py``
 prints the per-device memory of this and other plans; ``tests/test_paper_scale.py``
 checks that this plan fits 80 GB per device. Measured (XLA:CPU, 8 simulated
@@ -22,7 +22,7 @@ only the last prompt position) needs 76.3 GB per device for 128 prompts per
 call and 20.2 GB for 32.
 
 Not runnable end to end yet, and said plainly: the experiment runner
-(``dopd_jax.run`` / ``stages``) still builds the CPU-scale task, tokenizer
+(``dopd_jax.run`` / ``dopd_jax.pipeline``) still builds the CPU-scale task, tokenizer
 and SFT stages of ``privilege_illusion``; it does not load ``hf.teacher_path``
 / ``hf.student_path`` (``dopd_jax.models.load_hf``), the Hugging Face
 tokenizer, the paper's math prompts or benchmarks, nor call the micro-batched
@@ -45,7 +45,7 @@ Fields added to ``config.base_config()`` (under new keys):
 """
 import ml_collections
 
-from dopd_jax import config as config_lib
+from dopd_jax.pipeline import config as config_lib
 
 QWEN3_VOCAB = 151936
 
@@ -83,7 +83,7 @@ def _paper(c):
     d = c.distill
     d.methods, d.steps, d.batch_prompts, d.n_samples = ("dopd", "opd"), 200, 128, 4
     d.lr, d.warmup_steps, d.max_new_tokens = 5e-6, 0, 2048
-    d.loss.top_k, d.loss.chunk_size = 128, 256
+    c.method_args.dopd.top_k, d.chunk_size, d.diag_top_k = 128, 256, 128
     d.log_every, d.eval_every, d.checkpoint_every = 1, 50, 25
     c.mesh = dict(data=-1, fsdp=8, tensor=1)
     d.num_microbatches, d.remat = 64, True

@@ -28,7 +28,7 @@ import numpy as np
 from flax import nnx
 from safetensors.numpy import save_file
 
-from dopd_jax import sharding_rules
+from dopd_jax.sharding import rules as sharding_rules
 from dopd_jax.models.hf_config import config_from_hf, config_to_hf
 from dopd_jax.models.transformer import ModelConfig, Transformer
 

@@ -2,7 +2,7 @@
 
 ``capture_token_stats`` samples one batch from the student, scores it under
 the privileged student and the privileged teacher, and returns plain NumPy
-arrays, so routing rules (``dopd_jax.routing``) can be prototyped in a
+arrays, so routing rules (``dopd_jax.losses.routing``) can be prototyped in a
 notebook without touching the training code.
 """
 from __future__ import annotations
@@ -10,8 +10,8 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from dopd_jax import routing
 from dopd_jax import steps as steps_lib
+from dopd_jax.losses import routing
 
 
 def capture_token_stats(spec: steps_lib.DistillSpec, student, teacher, batch, examples,
@@ -21,8 +21,8 @@ def capture_token_stats(spec: steps_lib.DistillSpec, student, teacher, batch, ex
     Args:
       spec: the step description (sampler settings and method; the method must
         score ``priv_teacher`` and ``priv_student``, e.g. ``dopd``).
-      student, teacher: ``stages.Model`` (graphdef, params, config).
-      batch: a ``steps.DistillBatch``.
+      student, teacher: ``sft_stage.Model`` (graphdef, params, config).
+      batch: a ``steps.PromptBatch``.
       examples: the examples behind ``batch`` (row order), for labels.
       key: PRNG key of the rollout.
 
@@ -32,9 +32,9 @@ def capture_token_stats(spec: steps_lib.DistillSpec, student, teacher, batch, ex
       example's privileged context is wrong) and ``example_index``.
     """
     state = steps_lib.TrainState(student.params, None, student.params, np.int32(0))
-    ro = steps_lib.rollout_step(student.graphdef, spec, state, batch, key)
-    targets = steps_lib.score_step(student.graphdef, teacher.graphdef, spec, state,
-                                   teacher.params, batch, ro)
+    graphdefs = {"student": student.graphdef, "teacher": teacher.graphdef}
+    ro = steps_lib.rollout_step(graphdefs, spec, state, batch, key)
+    targets = steps_lib.score_step(graphdefs, spec, state, {"teacher": teacher.params}, batch, ro)
     stats = routing.privilege_stats(targets["priv_student"], targets["priv_teacher"],
                                     ro.tokens_BT)
     out = {k: np.asarray(v) for k, v in jax.device_get(stats).items()}

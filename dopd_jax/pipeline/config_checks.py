@@ -1,10 +1,12 @@
-"""Validation of experiment configs: every field checked before anything compiles."""
+"""Checks of an experiment's specs before anything is built or compiled; errors name the key."""
 from __future__ import annotations
 
 import ml_collections
 
-from dopd_jax.config import PRIV_STUDENT_MODES, resolve_run
-from dopd_jax.methods import METHODS, PASSES
+from dopd_jax.methods import pass_from_name
+from dopd_jax.pipeline.specs import ExperimentSpec, ModelSpec, RunSpec, experiment_spec
+
+MODEL_SOURCES = ("scratch", "workdir:PATH")
 
 
 def _check(cond: bool, key: str, msg: str) -> None:
@@ -24,73 +26,74 @@ def validate_distributed(c: ml_collections.ConfigDict) -> None:
            "distributed.coordinator_address", "must be HOST:PORT when num_processes > 1")
 
 
-def validate(c: ml_collections.ConfigDict) -> None:
-    """Checks every field a run depends on; raises ValueError naming the key."""
+def validate(c: ml_collections.ConfigDict) -> ExperimentSpec:
+    """Reads and checks the whole config; returns its specs (ValueError naming the key)."""
     validate_distributed(c)
-    _check(len(c.distill.methods) == len(set(c.distill.methods)), "distill.methods",
-           f"duplicate entries in {tuple(c.distill.methods)}")
-    runs = {name: resolve_run(c, name) for name in c.distill.methods}
-    needs_p = [n for n, (m, _) in runs.items() if METHODS[m].needs_privilege]
-    _check(not needs_p or c.task.priv_form != "none", "task.priv_form",
-           f"methods {needs_p} need privileged context but priv_form is 'none'")
-    for _, d in runs.values():
-        _validate_distill(d)
-    _validate_stages(c)
-    _validate_mesh(c, runs)
+    spec = experiment_spec(c)
+    for run in spec.runs:
+        _validate_run(run)
+    needs_p = [r.name for r in spec.runs if r.method.needs_privilege(r.config)]
+    _check(not needs_p or spec.task.priv_form != "none", "task.priv_form",
+           f"runs {needs_p} need privileged context but priv_form is 'none'")
+    for key, m in (("teacher", spec.teacher), ("student", spec.student)):
+        _validate_model(key, m)
+    _check(spec.checkpoint_keep >= 1, "checkpoint_keep", f"must be >= 1, got {spec.checkpoint_keep}")
+    _check(spec.task.max_prompt_len >= 2, "task.max_prompt_len", "must be >= 2")
+    _check(0 <= spec.task.max_overlength_fraction < 1, "task.max_overlength_fraction",
+           "must be in [0, 1)")
+    _check(spec.eval.avg_k >= 0, "eval.avg_k", f"must be >= 0, got {spec.eval.avg_k}")
+    _validate_mesh(spec)
+    return spec
 
 
-def _validate_mesh(c: ml_collections.ConfigDict, runs: dict) -> None:
+def _validate_model(key: str, m: ModelSpec) -> None:
+    _check(m.source == "scratch" or m.source.startswith("workdir:"), f"{key}.source",
+           f"must be one of {MODEL_SOURCES}, got {m.source!r} (hf:PATH comes with Hugging "
+           "Face checkpoints)")
+    _check(m.checkpoint_every >= 0, f"{key}.checkpoint_every", "must be >= 0 (0 = only at the end)")
+    _check(0 <= m.p_dropout <= 1, f"{key}.p_dropout", "must be in [0, 1]")
+    _check(m.steps >= 1, f"{key}.steps", "must be >= 1")
+    _check(m.optim.warmup_steps >= 0, f"{key}.warmup_steps", "must be >= 0")
+
+
+def _validate_run(r: RunSpec) -> None:
+    key = f"distill ({r.name})"
+    _check(r.temperature > 0, f"{key}.temperature", f"must be > 0, got {r.temperature}")
+    _check(0 < r.top_p <= 1, f"{key}.top_p", f"must be in (0, 1], got {r.top_p}")
+    _check(r.top_k >= 0, f"{key}.top_k", f"must be >= 0 (0 = off), got {r.top_k}")
+    _check(r.diag_top_k >= 1, f"{key}.diag_top_k", f"must be >= 1, got {r.diag_top_k}")
+    _check(r.checkpoint_every >= 0, f"{key}.checkpoint_every", "must be >= 0 (0 = only at the end)")
+    _check(r.eval_every >= 0, f"{key}.eval_every", "must be >= 0 (0 = no in-run evaluation)")
+    _check(r.optim.warmup_steps >= 0, f"{key}.warmup_steps", "must be >= 0")
+    for field in ("steps", "batch_prompts", "n_samples", "max_new_tokens", "log_every"):
+        _check(getattr(r, field) >= 1, f"{key}.{field}", f"must be >= 1, got {getattr(r, field)}")
+    for name in r.log_passes:
+        try:
+            p = pass_from_name(name)
+        except ValueError as e:
+            raise ValueError(f"config.distill.log_passes: {name!r}: {e}") from e
+        _check(p.is_teacher, "distill.log_passes",
+               f"{name!r}: only teacher passes are logged (teacher, priv_teacher, "
+               "teacher/<name>, priv_teacher/<name>)")
+
+
+def _validate_mesh(spec: ExperimentSpec) -> None:
     """The mesh must fit the devices and divide every batch's rows."""
     import jax  # device count: only known once JAX is up
 
-    from dopd_jax import sharding, sharding_rules
+    from dopd_jax import sharding
+    from dopd_jax.sharding import rules
 
     try:
-        mesh = sharding.make_mesh(dict(c.mesh))
+        mesh = sharding.make_mesh(dict(spec.mesh))
     except ValueError as e:
         raise ValueError(f"config.mesh: {e}") from e
-    dp = sharding_rules.data_parallel_size(mesh)
-    rows = {f"{s}.batch_size": c[s].batch_size for s in ("teacher", "student")}
-    for name, (_, d) in runs.items():
-        rows[f"distill.batch_prompts ({name})"] = d.batch_prompts
-    rows["eval.batch_size"] = c.eval.batch_size
+    dp = rules.data_parallel_size(mesh)
+    rows = {"teacher.batch_size": spec.teacher.batch_size,
+            "student.batch_size": spec.student.batch_size,
+            "eval.batch_size": spec.eval.batch_size}
+    for r in spec.runs:
+        rows[f"distill.batch_prompts ({r.name})"] = r.batch_prompts
     for key, n in rows.items():
         _check(n % dp == 0, "mesh", f"{key} = {n} is not divisible by the data-parallel "
                f"size {dp} (data x fsdp over {jax.device_count()} devices)")
-
-
-def _validate_distill(d: ml_collections.ConfigDict) -> None:
-    _check(d.temperature > 0, "distill.temperature", f"must be > 0, got {d.temperature}")
-    _check(0 < d.top_p <= 1, "distill.top_p", f"must be in (0, 1], got {d.top_p}")
-    _check(d.top_k >= 0, "distill.top_k", f"must be >= 0 (0 = off), got {d.top_k}")
-    _check(d.loss.top_k >= 1, "distill.loss.top_k", f"must be >= 1, got {d.loss.top_k}")
-    _check(d.loss.form in ("pg", "analytic"), "distill.loss.form",
-           f"must be 'pg' or 'analytic', got {d.loss.form!r}")
-    for k in ("kind", "opsd_kind"):
-        _check(d.loss[k] in ("fkl", "rkl", "jsd"), f"distill.loss.{k}",
-               f"must be 'fkl', 'rkl' or 'jsd', got {d.loss[k]!r}")
-    _check(d.loss.topk_mode in ("renormalize", "generalized"), "distill.loss.topk_mode",
-           f"must be 'renormalize' or 'generalized', got {d.loss.topk_mode!r}")
-    _check(d.loss.hs_target in ("priv_student", "teacher"), "distill.loss.hs_target",
-           f"must be 'priv_student' or 'teacher', got {d.loss.hs_target!r}")
-    _check(d.priv_student in ("",) + PRIV_STUDENT_MODES, "distill.priv_student",
-           f"must be one of {PRIV_STUDENT_MODES} (or '' for the method default)")
-    _check(d.opsd_teacher in ("frozen", "live"), "distill.opsd_teacher",
-           f"must be 'frozen' or 'live', got {d.opsd_teacher!r}")
-    _check(d.checkpoint_every >= 0, "distill.checkpoint_every", "must be >= 0 (0 = only at the end)")
-    for key in ("steps", "batch_prompts", "n_samples", "max_new_tokens", "log_every"):
-        _check(d[key] >= 1, f"distill.{key}", f"must be >= 1, got {d[key]}")
-    for p in d.log_passes:
-        _check(p in PASSES, "distill.log_passes", f"unknown pass {p!r}; valid: {PASSES}")
-
-
-def _validate_stages(c: ml_collections.ConfigDict) -> None:
-    _check(c.checkpoint_keep >= 1, "checkpoint_keep", f"must be >= 1, got {c.checkpoint_keep}")
-    for stage in ("teacher", "student"):
-        _check(c[stage].checkpoint_every >= 0, f"{stage}.checkpoint_every",
-               "must be >= 0 (0 = only at the end)")
-        _check(0 <= c[stage].p_dropout <= 1, f"{stage}.p_dropout", "must be in [0, 1]")
-        _check(c[stage].steps >= 1, f"{stage}.steps", "must be >= 1")
-    _check(c.task.max_prompt_len >= 2, "task.max_prompt_len", "must be >= 2")
-
-

@@ -1,4 +1,4 @@
-"""The distillation stage: one run (a method or a variant) from the shared student init."""
+"""The distillation stage: one run (a method or a variant of one) from the shared student init."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,143 +7,180 @@ import functools
 import jax
 import numpy as np
 
-from dopd_jax import checkpoint, config as config_lib, evaluate, rollout as rollout_lib
 from dopd_jax import sharding
-from dopd_jax import steps as steps_lib, train, train_checkpoint
-from dopd_jax.methods import get_method
-from dopd_jax.models import ModelConfig
-from dopd_jax.monitor import CollapseMonitor
-from dopd_jax.stages import (CHECKPOINT_EVERY, RESUME_IGNORED, Context, Model, accuracy,
-                             distill_examples, full_eval, greedy_sampler, stage_checkpointer)
+from dopd_jax.data import encode
+from dopd_jax.pipeline import evaluation
+from dopd_jax.pipeline.context import Context
+from dopd_jax.pipeline.sft_stage import Model, make_optimizer, stage_checkpointer
+from dopd_jax.pipeline.specs import RunSpec
+from dopd_jax.steps import DistillSpec, SamplerConfig, make_distill_fns
+from dopd_jax.trainer import checkpoints, loop, params_io
 
 SUMMARY_KEYS = ("loss", "student_entropy", "target_entropy", "kl_to_priv_teacher",
                 "kl_to_teacher", "kl_to_priv_student", "A_bar", "qS_bar", "qT_bar",
                 "frac_LH", "frac_LL", "frac_HT", "frac_HS", "reward", "response_len")
+DISTILL_SEED, KEY_SEED = 300, 400  # offsets of the prompt stream's and the run key's seeds
 
 
-def distill_batches(ctx: Context, seed: int):
-    """Yields ``(examples, DistillBatch)`` of the distillation prompt stream."""
-    return _distill_batches_of(ctx, distill_examples(ctx, seed))
-
-
-def make_spec(d, method: str, tok) -> steps_lib.DistillSpec:
-    """The static step description of ``method`` under the distill config ``d``."""
-    sampler = rollout_lib.SamplerConfig(
-        max_new_tokens=d.max_new_tokens, eos_id=tok.eos_id, pad_id=tok.pad_id,
-        temperature=d.temperature, top_k=d.top_k, top_p=d.top_p, n_samples=d.n_samples)
+def make_spec(run: RunSpec, tok) -> DistillSpec:
+    """The static step description of a run."""
+    sampler = SamplerConfig(max_new_tokens=run.max_new_tokens, eos_id=tok.eos_id,
+                            pad_id=tok.pad_id, temperature=run.temperature, top_k=run.top_k,
+                            top_p=run.top_p, n_samples=run.n_samples)
     sampler.validate()
-    return steps_lib.DistillSpec(
-        method=get_method(method), loss=config_lib.loss_config(d), sampler=sampler,
-        priv_student=config_lib.priv_student_mode(d, method), ema_decay=d.ema_decay,
-        log_passes=tuple(d.log_passes))
+    return DistillSpec(method=run.method, config=run.config, sampler=sampler,
+                       log_passes=run.log_passes, chunk_size=run.chunk_size,
+                       diag_top_k=run.diag_top_k)
 
 
-def _distill_resume_config(c, run: str, method: str, d, teacher: Model, student: Model) -> dict:
-    kept = {k: v for k, v in config_lib.to_json_dict(d).items() if k not in RESUME_IGNORED}
+def _resume_config(ctx: Context, run: RunSpec, teacher: Model, student: Model) -> dict:
+    kept = {k: v for k, v in run.to_json().items()
+            if k not in ("checkpoint_every", "eval_every", "eval_n")}
     # The frozen teacher is not saved with the run: it is named by its parameters' digest.
-    return {"run": run, "method": method, "distill": kept, "seed": c.seed,
-            "task": c.task.to_dict(), "teacher_model": dataclasses.asdict(teacher.config),
-            "teacher_params": checkpoint.tree_digest(teacher.params),
+    return {"run": kept, "seed": ctx.spec.seed, "task": dataclasses.asdict(ctx.spec.task),
+            "teacher_model": dataclasses.asdict(teacher.config),
+            "teacher_params": params_io.tree_digest(teacher.params),
             "student_model": dataclasses.asdict(student.config),
-            "student_init_params": checkpoint.tree_digest(student.params)}
+            "student_init_params": params_io.tree_digest(student.params)}
 
 
-def _distill_batches_of(ctx: Context, stream):
-    """Yields ``(examples, DistillBatch)`` of a (possibly resumed) prompt stream.
+def distill_batches(ctx: Context, stream):
+    """Yields ``(examples, PromptBatch)`` of a (possibly resumed) prompt stream.
 
-    ``examples`` is the whole batch; the DistillBatch holds global arrays to which
-    each process feeds its own rows (``sharding.to_global_batch``)."""
-    t = ctx.cfg.task
+    ``examples`` is the whole batch; the batch holds global arrays to which each
+    process feeds its own rows (``sharding.to_global_batch``)."""
+    t = ctx.spec.task
     for examples in stream:
-        arr = evaluate.prompt_arrays(examples, ctx.tok, form=t.priv_form,
-                                     max_prompt_len=t.max_prompt_len,
-                                     max_priv_len=t.max_priv_len)
-        yield examples, sharding.to_global_batch(
-            steps_lib.DistillBatch(arr.prompt_BP, arr.prompt_mask_BP, arr.priv_BQ,
-                                   arr.priv_mask_BQ), ctx.mesh)
+        batch = encode.encode_prompts(examples, ctx.tok, form=t.priv_form,
+                                      max_prompt_len=t.max_prompt_len,
+                                      max_priv_len=t.max_priv_len)
+        yield examples, sharding.to_global_batch(batch, ctx.mesh)
 
 
-def _monitor_from(saved: dict | None) -> CollapseMonitor:
-    if saved is None:
-        return CollapseMonitor()
-    return CollapseMonitor(history=list(saved["history"]), raised=set(saved["raised"]))
+def check_vocab(teacher: Model, student: Model) -> None:
+    """Teacher and student must share a vocabulary (ids index the same tokens)."""
+    if teacher.config.vocab_size != student.config.vocab_size:
+        raise ValueError(f"teacher vocab_size {teacher.config.vocab_size} != student vocab_size "
+                         f"{student.config.vocab_size}: distillation needs one shared vocabulary")
 
 
-def _distill_hooks(ctx: Context, run: str, d, sampler, writer, progress, history: list,
-                   save) -> train.LoopHooks:
+def eval_sampler(ctx: Context, graphdef, k: int = 1):
+    """The jitted sampler of this experiment's evaluations (greedy for k = 1)."""
+    return evaluation.make_sampler(graphdef, max_new_tokens=ctx.spec.eval.max_new_tokens,
+                                   eos_id=ctx.tok.eos_id,
+                                   pad_id=ctx.tok.pad_id, k=k,
+                                   temperature=ctx.spec.eval.temperature)
+
+
+def accuracy(ctx: Context, sampler, params, examples, privileged: bool, k: int = 1) -> dict:
+    """Accuracy on ``examples`` with the experiment's prompt settings and verifier."""
+    t = ctx.spec.task
+    return evaluation.accuracy(sampler, params, examples, ctx.tok, ctx.task.verifier,
+                               privileged=privileged, form=t.priv_form,
+                               max_prompt_len=t.max_prompt_len, max_priv_len=t.max_priv_len,
+                               batch_size=ctx.spec.eval.batch_size, mesh=ctx.mesh, k=k,
+                               key=jax.random.key(ctx.spec.seed + 500))
+
+
+def full_eval(ctx: Context, model: Model, sampler=None) -> dict:
+    """Greedy accuracy on every evaluation set without p, on the first one with p, and
+    avg@k (``eval.avg_k``) on every set."""
+    sampler = sampler or eval_sampler(ctx, model.graphdef)
+    names = list(ctx.eval_sets)
+    out = {}
+    for name in names:
+        out[f"acc_{name}"] = accuracy(ctx, sampler, model.params, ctx.eval_sets[name], False)
+    first = out[f"acc_{names[0]}"]
+    out = {k: v["acc"] for k, v in out.items()}
+    out["acc_priv"] = accuracy(ctx, sampler, model.params, ctx.eval_sets[names[0]], True)["acc"]
+    out.update(response_len=first["response_len"], truncated_frac=first["truncated_frac"])
+    k = ctx.spec.eval.avg_k
+    if k > 1:
+        sampled = eval_sampler(ctx, model.graphdef, k)
+        for name in names:
+            out[f"avg{k}_{name}"] = accuracy(ctx, sampled, model.params, ctx.eval_sets[name],
+                                             False, k)["acc"]
+    return out
+
+
+def _quick_eval(ctx: Context, run: RunSpec, spec: DistillSpec, sampler, step: int, state) -> dict:
+    """In-run accuracy on the first ``eval_n`` problems of the first evaluation set."""
+    subset = next(iter(ctx.eval_sets.values()))[:run.eval_n]
+    out = {"eval_acc": accuracy(ctx, sampler, state.params, subset, False)["acc"],
+           "eval_priv_acc": accuracy(ctx, sampler, state.params, subset, True)["acc"]}
+    if spec.ref_update != "none":  # the privileged student the routing actually used
+        out["eval_ref_priv_acc"] = accuracy(ctx, sampler, state.ref_params, subset, True)["acc"]
+    return out
+
+
+def _hooks(ctx: Context, run: RunSpec, spec: DistillSpec, sampler, writer, progress,
+           history: list, monitor, save) -> loop.LoopHooks:
     def write(step, m):
         history.append(m)
-        writer.write(f"distill/{run}", step, m)
+        writer.write(f"distill/{run.name}", step, m)
 
-    return train.LoopHooks(
-        write=write, progress=lambda s, m: progress.advance(d.log_every, m),
-        evaluate=functools.partial(_quick_eval, ctx, sampler), eval_every=d.eval_every,
-        log_every=d.log_every, warn=lambda msg: ctx.log(f"WARNING [{run}] {msg}"),
-        checkpoint=save, checkpoint_every=d.get("checkpoint_every", CHECKPOINT_EVERY))
+    reward = functools.partial(evaluation.rollout_reward, ctx.tok, ctx.task.verifier,
+                               n_samples=run.n_samples)
+    return loop.LoopHooks(
+        write=write, progress=lambda s, m: progress.advance(run.log_every, m),
+        evaluate=functools.partial(_quick_eval, ctx, run, spec, sampler),
+        eval_every=run.eval_every, log_every=run.log_every,
+        reward=lambda examples, ro: reward(examples, ro=ro), monitor=monitor,
+        warn=lambda msg: ctx.log(f"WARNING [{run.name}] {msg}"),
+        checkpoint=save, checkpoint_every=run.checkpoint_every)
 
 
-def distill_stage(ctx: Context, run: str, teacher: Model, student: Model, writer,
+def _monitor(run: RunSpec, saved: dict | None):
+    if run.method.monitor is None:
+        return None
+    monitor = run.method.monitor()
+    return monitor if saved is None else type(monitor).from_state(saved)
+
+
+def distill_stage(ctx: Context, run: RunSpec, teacher: Model, student: Model, writer,
                   progress) -> dict:
-    """Distils the student init with run ``run`` (a method or a variant of one).
-
-    Checkpoints into ``ckpt/distill/<run>`` and resumes from its latest step.
+    """Distils the student init with ``run``; checkpoints into ``ckpt/distill/<run>``.
 
     Returns:
       the evaluation summary: accuracies, end-of-run metric means, warnings.
     """
-    c = ctx.cfg
-    method, d = config_lib.resolve_run(c, run)
-    check_vocab(teacher.config, student.config)
-    spec = make_spec(d, method, ctx.tok)
-    progress.stage(f"distill/{run}")
-    resume_cfg = _distill_resume_config(c, run, method, d, teacher, student)
-    with stage_checkpointer(ctx, f"distill/{run}", resume_cfg) as ckpt:
-        opt = train.make_optimizer(d.lr, d.warmup_steps, d.steps)
-        stream = distill_examples(ctx, c.seed + 300)
+    check_vocab(teacher, student)
+    spec = make_spec(run, ctx.tok)
+    progress.stage(f"distill/{run.name}")
+    seed = ctx.spec.seed
+    with stage_checkpointer(ctx, f"distill/{run.name}",
+                            _resume_config(ctx, run, teacher, student)) as ckpt:
+        opt = make_optimizer(run.optim)
+        stream = ctx.task.train(run.batch_prompts, seed + DISTILL_SEED)
         # New buffers (the update donates its state; student.params stays valid).
         init = sharding.init_state_sharded(student.params, opt, ctx.mesh,
-                                           keep_ref=spec.priv_student != "live")
-        start, state, key, extra = train_checkpoint.resume(
-            ckpt, f"distill/{run}", init,
-            jax.random.key(c.seed + 400), stream, workdir=ctx.workdir, log=ctx.log)
-        writer.resume(f"distill/{run}", start)
+                                           keep_ref=spec.ref_update != "none")
+        start, state, key, extra = checkpoints.resume(
+            ckpt, f"distill/{run.name}", init, jax.random.key(seed + KEY_SEED), stream,
+            workdir=ctx.workdir, log=ctx.log)
+        writer.resume(f"distill/{run.name}", start)
         progress.skip(start)
-        history, monitor = list(extra.get("history", [])), _monitor_from(extra.get("monitor"))
-        sampler = greedy_sampler(ctx, student.graphdef)
+        history, monitor = list(extra.get("history", [])), _monitor(run, extra.get("monitor"))
+        sampler = eval_sampler(ctx, student.graphdef)
 
         def save(step, st):
             ckpt.save(step, st, key, {"stream": stream.get_state(), "history": history,
-                                      "monitor": {"history": monitor.history,
-                                                  "raised": sorted(monitor.raised)}})
+                                      "monitor": None if monitor is None else monitor.state()})
 
-        hooks = _distill_hooks(ctx, run, d, sampler, writer, progress, history, save)
-        fns = steps_lib.make_distill_fns(
-            student.graphdef, teacher.graphdef, opt, spec,
-            sharding.step_shardings(ctx.mesh, opt, state, teacher.params))
-        with train.sigterm_flag() as stop:
+        hooks = _hooks(ctx, run, spec, sampler, writer, progress, history, monitor, save)
+        teachers = {"teacher": teacher.params}
+        fns = make_distill_fns({"student": student.graphdef, "teacher": teacher.graphdef}, opt,
+                               spec, sharding.step_shardings(ctx.mesh, opt, state, teachers))
+        with loop.sigterm_flag() as stop:
             hooks.stop_requested = stop
-            state, monitor = train.run_distill(
-                fns, state, teacher.params, _distill_batches_of(ctx, stream), d.steps, key,
-                hooks, tok=ctx.tok, n_samples=d.n_samples, start_step=start, monitor=monitor)
+            state = loop.run_distill(fns, state, teachers, distill_batches(ctx, stream),
+                                     run.steps, key, hooks, start_step=start)
     result = full_eval(ctx, dataclasses.replace(student, params=state.params), sampler)
     result["final"] = _summarize(history)
-    result["warnings"] = sorted(monitor.raised)
-    result["method"] = method
+    result["warnings"] = [] if monitor is None else sorted(monitor.raised)
+    result["method"] = run.method.name
+    result["label"] = run.label
     return result
-
-
-def check_vocab(teacher_cfg: ModelConfig, student_cfg: ModelConfig) -> None:
-    """Teacher and student must share a vocabulary (ids index the same tokens)."""
-    if teacher_cfg.vocab_size != student_cfg.vocab_size:
-        raise ValueError(f"teacher vocab_size {teacher_cfg.vocab_size} != student vocab_size "
-                         f"{student_cfg.vocab_size}: distillation needs one shared vocabulary")
-
-
-def _quick_eval(ctx: Context, sampler, step: int, params) -> dict:
-    subset = ctx.test_set[:ctx.cfg.distill.eval_n]
-    plain = accuracy(ctx, sampler, params, subset, False)
-    priv = accuracy(ctx, sampler, params, subset, True)
-    return {"eval_acc": plain["acc"], "eval_priv_acc": priv["acc"]}
 
 
 def _summarize(history: list[dict]) -> dict:

@@ -1,9 +1,8 @@
 """The end-of-run results table."""
 from __future__ import annotations
 
-METHOD_LABELS = {"opd": "vanilla OPD (T->S)", "privt": "Priv.T->S", "opsd": "OPSD",
-                 "dopd": "DOPD", "dopd_hs_teacher": "DOPD hs_target=teacher",
-                 "dopd_frozen": "DOPD priv_student=frozen"}
+METRIC_COLUMNS = (("entropy", 8, "student_entropy"), ("KL(T+p)", 8, "kl_to_priv_teacher"),
+                  ("KL(T)", 7, "kl_to_teacher"))
 
 
 def _pct(x) -> str:
@@ -20,26 +19,42 @@ def _regimes(final: dict) -> str:
     return " ".join(f"{r}={100 * final['frac_' + r]:.0f}%" for r in ("LH", "LL", "HT", "HS"))
 
 
+def _acc_columns(results: dict) -> list[str]:
+    """``acc_<set>`` keys of the evaluation sets, in order, then ``acc_priv``; avg@k after."""
+    first = next(iter(results.get("references", {}).values()), None)
+    first = first or next(iter(results.get("methods", {}).values()), {})
+    sets = [k for k in first if k.startswith("acc_") and k != "acc_priv"]
+    avg = [k for k in first if k.startswith("avg") and "_" in k]
+    return sets + ["acc_priv"] + avg
+
+
+def _title(key: str) -> str:
+    name = key.split("_", 1)[1] if key.startswith("acc_") else key
+    return f"{name}%"
+
+
 def format_table(results: dict) -> str:
     """Renders ``results.json`` content as a fixed-width text table.
 
-    Rows: the reference models (teacher, student init) and one row per
-    method. Accuracies are greedy, evaluated without privileged context
-    except ``priv`` (the model given p on the test split).
+    Rows: the reference models (teacher, student init) and one row per run.
+    Accuracies are greedy on each evaluation set without privileged context,
+    ``priv`` is the first set with p; ``avgK_<set>`` columns are sampled avg@K.
     """
-    head = (f"{'model':<22} {'test%':>6} {'hard%':>6} {'priv%':>6} {'entropy':>8} "
-            f"{'KL(T+p)':>8} {'KL(T)':>7} {'time s':>7}  regimes (DOPD)")
+    cols = _acc_columns(results)
+    head = (f"{'model':<22} " + " ".join(f"{_title(c):>6}" for c in cols) + " "
+            + " ".join(f"{t:>{w}}" for t, w, _ in METRIC_COLUMNS)
+            + f" {'time s':>7}  regimes (DOPD)")
     lines = [head, "-" * len(head)]
     for name, ref in results.get("references", {}).items():
-        lines.append(f"{name:<22} {_pct(ref['acc_test']):>6} {_pct(ref['acc_hard']):>6} "
-                     f"{_pct(ref['acc_priv']):>6} {'-':>8} {'-':>8} {'-':>7} {'-':>7}  -")
+        accs = " ".join(f"{_pct(ref.get(c)):>6}" for c in cols)
+        dashes = " ".join(f"{'-':>{w}}" for _, w, _ in METRIC_COLUMNS)
+        lines.append(f"{name:<22} {accs} {dashes} {'-':>7}  -")
     for name, r in results.get("methods", {}).items():
         f = r.get("final", {})
-        lines.append(
-            f"{METHOD_LABELS.get(name, name):<22} {_pct(r['acc_test']):>6} "
-            f"{_pct(r['acc_hard']):>6} {_pct(r['acc_priv']):>6} "
-            f"{_num(f.get('student_entropy')):>8} {_num(f.get('kl_to_priv_teacher')):>8} "
-            f"{_num(f.get('kl_to_teacher')):>7} {_num(r.get('wall_time_s'), '{:.0f}'):>7}  {_regimes(f)}")
+        accs = " ".join(f"{_pct(r.get(c)):>6}" for c in cols)
+        metrics = " ".join(f"{_num(f.get(key)):>{w}}" for _, w, key in METRIC_COLUMNS)
+        lines.append(f"{r.get('label') or name:<22} {accs} {metrics} "
+                     f"{_num(r.get('wall_time_s'), '{:.0f}'):>7}  {_regimes(f)}")
         if r.get("warnings"):
             lines.append(f"{'':<22} warnings: {', '.join(r['warnings'])}")
     return "\n".join(lines)

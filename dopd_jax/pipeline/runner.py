@@ -1,15 +1,11 @@
-"""The staged experiment behind ``dopd_jax.run``.
+"""The staged, resumable experiment: context, teacher, student, one distillation per run.
 
-Stages, each cached in the workdir so a restarted run resumes where it was:
-  1. tokenizer      trained on the task corpus           -> tokenizer.model
-  2. teacher        privileged teacher by SFT            -> teacher/
-  3. student        student warm-up with p-dropout       -> student_init/
-  4. references     teacher / student-init accuracies    -> references.json
-  5. one run per distillation method from the same init  -> runs/METHOD/result.json
-  6. the results table                                   -> results.json
+``run_experiment(cfg, workdir)`` reads the config once into typed specs
+(``specs.experiment_spec``) and hands those to every stage.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import time
@@ -17,10 +13,13 @@ import time
 import jax
 import ml_collections
 
-from dopd_jax import config as config_lib
-from dopd_jax import distill_stage, stages, validation
-from dopd_jax.metric_writer import MetricWriter, NullMetricWriter
-from dopd_jax.report import format_table
+from dopd_jax.pipeline import config as config_lib, config_checks
+from dopd_jax.pipeline.context import Progress, build_context
+from dopd_jax.pipeline.distill_stage import distill_stage, full_eval
+from dopd_jax.pipeline.report import format_table
+from dopd_jax.pipeline.sft_stage import model_stage
+from dopd_jax.pipeline.specs import ExperimentSpec
+from dopd_jax.trainer.metric_writer import MetricWriter, NullMetricWriter
 
 
 def _load_json(path):
@@ -41,6 +40,18 @@ def _save_json(path, obj):
     os.replace(tmp, path)
 
 
+def check_workdir(workdir: str) -> None:
+    """The workdir must be a writable directory (created when missing); error names it."""
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ValueError(f"--workdir {workdir} exists and is not a directory")
+    try:
+        os.makedirs(workdir, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"--workdir {workdir} cannot be created: {e.strerror}") from e
+    if not os.access(workdir, os.W_OK | os.X_OK):
+        raise ValueError(f"--workdir {workdir} is not writable ({os.strerror(errno.EACCES)})")
+
+
 def run_experiment(cfg: ml_collections.ConfigDict, workdir: str, *, progress=None,
                    log=print) -> dict:
     """Runs (or resumes) every stage and returns the results dict.
@@ -48,72 +59,72 @@ def run_experiment(cfg: ml_collections.ConfigDict, workdir: str, *, progress=Non
     Args:
       cfg: a config from an experiment module's ``get_config``.
       workdir: where stage outputs, metrics and results go.
-      progress: optional ``stages.Progress`` (a tqdm bar by default).
+      progress: optional ``context.Progress`` (a tqdm bar by default).
       log: sink for human-readable messages (warnings included).
 
     With several processes (``jax.distributed`` initialised) every process runs
     this with the same config and workdir; only process 0 writes files, logs and
     shows progress, and all of them return the results.
     """
-    validation.validate(cfg)
+    spec = config_checks.validate(cfg)
     main = jax.process_index() == 0
     if not main:
         log = lambda msg: None  # noqa: E731 (process 0 reports)
-    os.makedirs(workdir, exist_ok=True)
-    _check_config_matches(cfg, workdir)
+    check_workdir(workdir)
+    _check_config_matches(spec, cfg, workdir)
     writer = MetricWriter(workdir) if main else NullMetricWriter()
-    progress = progress or stages.Progress.for_config(cfg)
+    progress = progress or Progress.for_spec(spec)
     try:
-        ctx = stages.build_context(cfg, workdir, log)
-        teacher = stages.teacher_stage(ctx, writer, progress)
-        student = stages.student_stage(ctx, writer, progress)
-        refs = _references(ctx, teacher, student, workdir)
-        runs = {}
-        for method in cfg.distill.methods:
-            path = os.path.join(workdir, "runs", method, "result.json")
-            result = _load_json(path)
-            distill_cfg = config_lib.to_json_dict(config_lib.resolve_run(cfg, method)[1])
-            if result is None or result.get("distill_config") != distill_cfg:
-                t0 = time.perf_counter()
-                result = distill_stage.distill_stage(ctx, method, teacher, student, writer, progress)
-                result["wall_time_s"] = time.perf_counter() - t0
-                result["distill_config"] = distill_cfg
-                _save_json(path, result)
-            else:
-                progress.skip(cfg.distill.steps)
-            runs[method] = result
+        results = _run_stages(spec, workdir, writer, progress, log)
     finally:
         writer.close()
         progress.close()
-    results = {"references": refs, "methods": runs, "config": cfg.to_dict()}
+    results["config"] = cfg.to_dict()
     _save_json(os.path.join(workdir, "results.json"), results)
     log(format_table(results))
     return results
+
+
+def _run_stages(spec: ExperimentSpec, workdir: str, writer, progress, log) -> dict:
+    ctx = build_context(spec, workdir, log)
+    teacher = model_stage(ctx, spec.teacher, writer, progress)
+    student = model_stage(ctx, spec.student, writer, progress)
+    refs = _references(ctx, teacher, student, workdir)
+    runs = {}
+    for run in spec.runs:
+        path = os.path.join(workdir, "runs", run.name, "result.json")
+        result = _load_json(path)
+        if result is None or result.get("run_spec") != run.to_json():
+            t0 = time.perf_counter()
+            result = distill_stage(ctx, run, teacher, student, writer, progress)
+            result["wall_time_s"] = time.perf_counter() - t0
+            result["run_spec"] = run.to_json()
+            _save_json(path, result)
+        else:
+            progress.skip(run.steps)
+        runs[run.name] = result
+    return {"references": refs, "methods": runs}
 
 
 def _references(ctx, teacher, student, workdir) -> dict:
     path = os.path.join(workdir, "references.json")
     refs = _load_json(path)
     if refs is None:
-        refs = {"teacher": stages.full_eval(ctx, teacher),
-                "student_init": stages.full_eval(ctx, student)}
+        refs = {"teacher": full_eval(ctx, teacher), "student_init": full_eval(ctx, student)}
         _save_json(path, refs)
     return refs
 
 
-_STAGE_KEYS = ("seed", "task", "tokenizer", "teacher", "student")
-
-
-def _check_config_matches(cfg, workdir) -> None:
+def _check_config_matches(spec: ExperimentSpec, cfg, workdir) -> None:
     """Refuses to reuse stage outputs made under a different config."""
-    path = os.path.join(workdir, "config.json")
-    current = config_lib.to_json_dict(cfg)
+    path = os.path.join(workdir, "stages.json")
+    current = spec.stage_json()
     saved = _load_json(path)
     if saved is not None:
-        diff = sorted(k for k in _STAGE_KEYS if saved.get(k) != current[k])
+        diff = sorted(k for k in current if saved.get(k) != current[k])
         if diff:
             raise ValueError(
                 f"workdir {workdir} holds stages built with a different config (keys {diff} "
                 "differ); use a fresh --workdir or restore the original settings")
     _save_json(path, current)
-
+    _save_json(os.path.join(workdir, "config.json"), config_lib.to_json_dict(cfg))

@@ -39,7 +39,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from dopd_jax.checkpoint import config_mismatch, fingerprint, shapes
+from dopd_jax.trainer.params_io import config_mismatch, fingerprint, shapes
 
 COMMIT_MARKER = "_CHECKPOINT_METADATA"  # written by orbax when a step is finalized
 _UNFINISHED = "*.orbax-checkpoint-tmp*"  # an async save the process did not finish

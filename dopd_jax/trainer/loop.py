@@ -21,21 +21,32 @@ import time
 from typing import Any, Callable, Iterator
 
 import jax
-import numpy as np
 import optax
 
-from dopd_jax import sharding, steps as steps_lib
-from dopd_jax.data import tasks
-from dopd_jax.monitor import CollapseMonitor
+from dopd_jax.data.batches import SFTBatch
 
 
-def make_optimizer(lr: float, warmup_steps: int, total_steps: int,
-                   weight_decay: float = 0.0, clip_norm: float = 1.0):
-    """AdamW with linear warm-up, cosine decay and global-norm clipping."""
-    schedule = optax.warmup_cosine_decay_schedule(
-        0.0, lr, max(warmup_steps, 1), max(total_steps, warmup_steps + 1), end_value=lr * 0.1)
-    return optax.chain(optax.clip_by_global_norm(clip_norm),
-                       optax.adamw(schedule, weight_decay=weight_decay))
+def make_optimizer(lr: float, warmup_steps: int, total_steps: int, *, weight_decay: float,
+                   end_lr_fraction: float, clip_norm: float):
+    """AdamW with linear warm-up, cosine decay to ``lr * end_lr_fraction`` and clipping.
+
+    Args:
+      lr: peak learning rate.
+      warmup_steps: linear warm-up steps from 0 (0: the first update uses ``lr``).
+      total_steps: steps of the whole schedule.
+      weight_decay: AdamW decoupled weight decay.
+      end_lr_fraction: the cosine schedule ends at this fraction of ``lr``.
+      clip_norm: global-norm gradient clipping (0: off).
+    """
+    end = lr * end_lr_fraction
+    decay_steps = max(total_steps, warmup_steps + 1)
+    if warmup_steps > 0:
+        schedule = optax.warmup_cosine_decay_schedule(0.0, lr, warmup_steps, decay_steps,
+                                                      end_value=end)
+    else:
+        schedule = optax.cosine_decay_schedule(lr, decay_steps, alpha=end_lr_fraction)
+    adamw = optax.adamw(schedule, weight_decay=weight_decay)
+    return optax.chain(optax.clip_by_global_norm(clip_norm), adamw) if clip_norm else adamw
 
 
 @dataclasses.dataclass
@@ -44,8 +55,10 @@ class LoopHooks:
 
     write: Callable[[int, dict], None] = lambda step, m: None
     progress: Callable[[int, dict], None] = lambda step, m: None
-    evaluate: Callable[[int, object], dict] | None = None  # (step, params) -> metrics
+    evaluate: Callable[[int, object], dict] | None = None  # (step, state) -> metrics
     eval_every: int = 0
+    reward: Callable[[Any, Any], dict] | None = None  # (examples, rollout) -> metrics
+    monitor: Any = None  # update(step, metrics) -> [warning messages]
     log_every: int = 10
     warn: Callable[[str], None] = print
     checkpoint: Callable[[int, Any], None] | None = None  # (steps done, state) -> None
@@ -96,8 +109,14 @@ def _after_step(hooks: LoopHooks, done: int, num_steps: int, state, flush) -> No
         raise Interrupted(done)
 
 
+def _is_eval_step(hooks: LoopHooks, done: int) -> bool:
+    return bool(hooks.evaluate is not None and hooks.eval_every and done % hooks.eval_every == 0)
+
+
 def _is_log_step(hooks: LoopHooks, step: int, num_steps: int) -> bool:
-    return (step + 1) % hooks.log_every == 0 or step + 1 == num_steps
+    """Logged: every ``log_every``-th step, the last one, and every evaluation step."""
+    done = step + 1
+    return done % hooks.log_every == 0 or done == num_steps or _is_eval_step(hooks, done)
 
 
 def run_sft(sft_fn, state, batches: Iterator, num_steps: int, hooks: LoopHooks, *,
@@ -107,7 +126,7 @@ def run_sft(sft_fn, state, batches: Iterator, num_steps: int, hooks: LoopHooks, 
     Args:
       sft_fn: jitted ``(state, SFTBatch) -> (state, metrics)``.
       state: the TrainState after ``start_step`` steps.
-      batches: yields dicts of SFTBatch fields, starting at batch ``start_step``.
+      batches: yields ``SFTBatch``es, starting at batch ``start_step``.
       num_steps: total steps of the stage.
       hooks: metric sink, progress, checkpointing.
       start_step: steps already done (a resumed stage).
@@ -122,7 +141,7 @@ def run_sft(sft_fn, state, batches: Iterator, num_steps: int, hooks: LoopHooks, 
             _emit(hooks, *pending.pop())
 
     for step in range(start_step, num_steps):
-        state, metrics = sft_fn(state, steps_lib.SFTBatch(**next(batches)))
+        state, metrics = sft_fn(state, next(batches))
         flush()
         if _is_log_step(hooks, step, num_steps):
             pending.append((step, metrics))
@@ -138,68 +157,66 @@ def _emit(hooks: LoopHooks, step: int, metrics) -> dict:
     return host
 
 
-def rollout_reward(tok, examples, n_samples: int, ro) -> float:
-    """Fraction of sampled responses the verifier accepts (host side; with several
-    processes the rollout is gathered, a collective every process must call)."""
-    tokens_BT, mask_BT = sharding.to_host((ro.tokens_BT, ro.mask_BT))
-    ok = []
-    for row in range(tokens_BT.shape[0]):
-        text = tok.decode([int(t) for t in tokens_BT[row][mask_BT[row]]])
-        ok.append(tasks.verify(examples[row // n_samples], text))
-    return float(np.mean(ok))
-
-
 def _timed(fn, *args):
     t0 = time.perf_counter()
     out = jax.block_until_ready(fn(*args))
     return out, time.perf_counter() - t0
 
 
-def run_distill(fns: steps_lib.DistillFns, state, teacher_params, batches: Iterator,
-                num_steps: int, key, hooks: LoopHooks, *, tok, n_samples: int,
-                start_step: int = 0, monitor: CollapseMonitor | None = None):
+def _distill_phases(fns, state, teachers, batch, key, timed: bool):
+    """One step's three phases; on ``timed`` steps each is blocked on for the time split."""
+    if not timed:
+        ro = fns.rollout(state, batch, key)
+        targets = fns.score(state, teachers, batch, ro)
+        state, metrics = fns.update(state, ro, targets)
+        return ro, state, metrics, {}
+    jax.block_until_ready(state)  # earlier steps' queued work is not this step's time
+    ro, t_roll = _timed(fns.rollout, state, batch, key)
+    targets, t_score = _timed(fns.score, state, teachers, batch, ro)
+    (state, metrics), t_upd = _timed(fns.update, state, ro, targets)
+    return ro, state, metrics, dict(time_rollout=t_roll, time_score=t_score, time_update=t_upd)
+
+
+def run_distill(fns, state, teachers, batches: Iterator, num_steps: int, key,
+                hooks: LoopHooks, *, start_step: int = 0):
     """Runs the on-policy loop, logging methods.md section 9 metrics.
 
-    Each phase is blocked on so the rollout / scoring / update split is real
-    wall time.
+    Steps are dispatched without waiting; the host reads device values only on
+    log steps (every ``log_every``-th, evaluation steps and the last), whose
+    three phases are blocked on so the rollout / scoring / update split is
+    real wall time.
 
     Args:
-      fns: the jitted rollout / score / update functions.
+      fns: the jitted rollout / score / update functions (``steps.DistillFns``).
       state: the student TrainState after ``start_step`` steps.
-      teacher_params: frozen teacher parameters.
-      batches: yields ``(examples, DistillBatch)``, starting at batch ``start_step``.
+      teachers: dict role -> frozen teacher parameters.
+      batches: yields ``(examples, PromptBatch)``, starting at batch ``start_step``.
       num_steps: total steps of the run.
       key: the run's PRNG key (folded with the step inside the rollout).
-      hooks: metric sink, progress, evaluation, checkpointing.
-      tok: tokenizer (to verify sampled responses for the reward).
-      n_samples: responses per prompt.
+      hooks: metric sink, progress, evaluation, reward, monitor, checkpointing.
       start_step: steps already done (a resumed run).
-      monitor: the collapse monitor to continue (a new one by default).
 
     Returns:
-      ``(final state, monitor)``.
+      the final state.
     """
-    monitor = CollapseMonitor() if monitor is None else monitor
     for step in range(start_step, num_steps):
         examples, batch = next(batches)
-        ro, t_roll = _timed(fns.rollout, state, batch, key)
-        targets, t_score = _timed(fns.score, state, teacher_params, batch, ro)
-        (state, metrics), t_upd = _timed(fns.update, state, ro, targets)
-        if _is_log_step(hooks, step, num_steps):
-            times = dict(time_rollout=t_roll, time_score=t_score, time_update=t_upd)
-            _log_distill(hooks, monitor, step + 1, state, metrics, times,
-                         rollout_reward(tok, examples, n_samples, ro))
+        log = _is_log_step(hooks, step, num_steps)
+        ro, state, metrics, times = _distill_phases(fns, state, teachers, batch, key, log)
+        if log:
+            host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            host.update(times, tokens_per_sec=host["num_tokens"] / sum(times.values()))
+            if hooks.reward is not None:
+                host.update(hooks.reward(examples, ro))
+            _log_distill(hooks, step + 1, state, host)
         _after_step(hooks, step + 1, num_steps, state, lambda: None)
-    return state, monitor
+    return state
 
 
-def _log_distill(hooks: LoopHooks, monitor: CollapseMonitor, done: int, state, metrics,
-                 times: dict, reward: float) -> None:
-    host = {k: float(v) for k, v in jax.device_get(metrics).items()}
-    host.update(times, tokens_per_sec=host["num_tokens"] / sum(times.values()), reward=reward)
-    if hooks.evaluate is not None and hooks.eval_every and done % hooks.eval_every == 0:
-        host.update(hooks.evaluate(done, state.params))
-    for msg in monitor.update(done, host):
+def _log_distill(hooks: LoopHooks, done: int, state, host: dict) -> None:
+    if _is_eval_step(hooks, done):
+        host.update(hooks.evaluate(done, state))
+    for msg in (hooks.monitor.update(done, host) if hooks.monitor is not None else ()):
         hooks.warn(msg)
         host.setdefault("warnings", 0.0)
         host["warnings"] += 1

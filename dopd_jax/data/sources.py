@@ -1,0 +1,213 @@
+"""Task sources: where prompts, privileged contexts, references and verifiers come from.
+
+A source turns a ``TaskSpec`` into ``TaskData``: a resumable training stream
+of global batches of ``Example``s, named evaluation sets, a verifier and the
+texts a tokenizer is trained on. Registered sources:
+
+  generated  the arith / sort / linear families, drawn on demand from their
+             index (an infinite stream that needs no files, so it does not go
+             through TFDS; ``prepare --source arith`` writes a sample when a
+             file is wanted)
+  jsonl      the user's JSONL files, written once as a TFDS dataset under
+             ``WORKDIR/data`` and read back like ``tfds``
+  tfds       a dataset written by ``python -m dopd_jax.data.prepare``, read
+             through ``tfds`` data sources and a grain pipeline
+
+or ``package.module:NAME``, a function ``(spec, workdir) -> TaskData`` in
+the user's own code.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Callable
+
+from dopd_jax import plugins
+from dopd_jax.data import generated, jsonl, verifiers
+from dopd_jax.data.example import NO_PRIVILEGE, Example
+from dopd_jax.data.streams import TrainStream
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSpec:
+    """The task part of an experiment (typed; built from ``config.task``)."""
+
+    source: str = "generated"  # "generated" | "jsonl" | "tfds" | "package.module:NAME"
+    priv_form: str = "exec_hints"  # the form of p used for distillation and evaluation
+    sft_forms: tuple[str, ...] = generated.SFT_FORMS  # forms of p sampled during SFT
+    max_prompt_len: int = 16  # tokens of [BOS] x
+    max_priv_len: int = 32  # tokens of [BOS] x p
+    max_overlength_fraction: float = 0.0  # training rows over the limits refused above this
+    verifier: str = ""  # "" = the source's own; a name in VERIFIERS or an import path
+    # generated
+    domain: str = "arith"
+    difficulty: str = ""
+    misleading_fraction: float = 0.2
+    n_test: int = 1000
+    n_hard: int = 1000
+    corpus_size: int = 3000  # generated examples per domain for the tokenizer corpus
+    # jsonl
+    train_path: str = ""
+    test_path: str = ""
+    test2_path: str = ""
+    # tfds
+    data_dir: str = ""
+    name: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskData:
+    """What the pipeline needs from a task.
+
+    Attributes:
+      train: ``(batch_size, seed) -> stream`` of global batches (lists of
+        Examples) with ``get_state()`` / ``set_state(state)``.
+      eval_sets: evaluation set name -> examples, in table order.
+      verifier: ``(example, response_text) -> bool``.
+      corpus: ``() -> texts`` for training a tokenizer.
+      train_sample: a few hundred training examples for up-front checks.
+      train_size: number of training examples (None for an infinite stream).
+    """
+
+    train: Callable[[int, int], Any]
+    eval_sets: dict[str, list[Example]]
+    verifier: Callable[[Example, str], bool]
+    corpus: Callable[[], list[str]]
+    train_sample: list[Example]
+    train_size: int | None = None
+
+
+def example_texts(examples) -> list[str]:
+    """Every segment text of the examples (prompt, each p, responses)."""
+    texts = []
+    for ex in examples:
+        texts.append(ex.prompt)
+        texts.extend(t for t in ex.privileged.values() if t)
+        texts.extend(t for t in (ex.response, ex.priv_response) if t)
+    return texts
+
+
+def _generated_kwargs(spec: TaskSpec) -> dict:
+    kw = {"misleading_fraction": spec.misleading_fraction}
+    if spec.difficulty:
+        kw["difficulty"] = spec.difficulty
+    return kw
+
+
+def generated_task(spec: TaskSpec, seed: int, workdir: str = "") -> TaskData:
+    """The generated family ``spec.domain`` (train stream, test and hard sets)."""
+    kw = _generated_kwargs(spec)
+    generated.get_domain(spec.domain)
+
+    def train(batch_size, stream_seed):
+        difficulty = {spec.domain: kw["difficulty"]} if "difficulty" in kw else None
+        return TrainStream([spec.domain], batch_size, stream_seed, difficulty=difficulty,
+                           misleading_fraction=spec.misleading_fraction)
+
+    evals = {"test": generated.generate(spec.domain, spec.n_test, seed + 1, split="test", **kw),
+             "hard": generated.generate(spec.domain, spec.n_hard, seed + 2, split="hard", **kw)}
+    verifier = _verifier(spec, default=generated.verify)
+    return TaskData(
+        train=train, eval_sets=evals, verifier=verifier,
+        corpus=lambda: generated.corpus_for_tokenizer(sorted(generated.DOMAINS),
+                                                      spec.corpus_size, seed),
+        train_sample=train(256, seed).batch(0))
+
+
+def _verifier(spec: TaskSpec, default):
+    return verifiers.get_verifier(spec.verifier) if spec.verifier else default
+
+
+def jsonl_splits(spec: TaskSpec) -> dict[str, list[Example]]:
+    """The JSONL files of ``spec`` read and checked: ``train``, ``test`` (+ ``test2``)."""
+    if not spec.train_path or not spec.test_path:
+        raise ValueError("config.task: the jsonl source needs task.train_path and "
+                         "task.test_path (JSONL files, one object per line)")
+    paths = {"train": spec.train_path, "test": spec.test_path}
+    if spec.test2_path:
+        paths["test2"] = spec.test2_path
+    return {split: jsonl.read_jsonl(path) for split, path in paths.items()}
+
+
+def tfds_task(spec: TaskSpec, seed: int, workdir: str = "", *, data_dir: str = "",
+              name: str = "") -> TaskData:
+    """A prepared TFDS dataset: split ``train`` streams, every other split evaluates."""
+    from dopd_jax.data import tfds_io  # tfds / grain only for these sources
+
+    data_dir, name = data_dir or spec.data_dir, name or spec.name
+    if not data_dir or not name:
+        raise ValueError("config.task: the tfds source needs task.data_dir and task.name "
+                         "(python -m dopd_jax.data.prepare writes them)")
+    splits = tfds_io.load_splits(data_dir, name)
+    if "train" not in splits:
+        raise ValueError(f"dataset {name} in {data_dir} has no 'train' split; "
+                         f"it has {sorted(splits)}")
+    evals = {s: tfds_io.eval_examples(src) for s, src in splits.items() if s != "train"}
+    if not evals:
+        raise ValueError(f"dataset {name} in {data_dir} has no evaluation split")
+
+    def train(batch_size, stream_seed):
+        return tfds_io.TrainIterator(splits["train"], batch_size=batch_size, seed=stream_seed)
+
+    sample = [tfds_io.to_example(splits["train"][i]) for i in range(min(256, len(splits["train"])))]
+    return TaskData(
+        train=train, eval_sets=evals, verifier=_verifier(spec, default=verifiers.VERIFIERS["exact"]),
+        corpus=lambda: example_texts(tfds_io.eval_examples(splits["train"]))
+        + example_texts(ex for exs in evals.values() for ex in exs),
+        train_sample=sample, train_size=len(splits["train"]))
+
+
+JSONL_DATASET = "jsonl_task"  # the TFDS name of a jsonl task under WORKDIR/data
+
+
+def jsonl_task(spec: TaskSpec, seed: int, workdir: str) -> TaskData:
+    """The user's JSONL files, prepared once as a TFDS dataset under ``workdir/data``."""
+    from dopd_jax.data import tfds_io
+
+    data_dir = os.path.join(workdir, "data")
+    if not tfds_io.dataset_exists(data_dir, JSONL_DATASET):
+        raise ValueError(f"{data_dir} holds no prepared dataset; call "
+                         "sources.prepare_jsonl(spec, workdir) first")
+    return tfds_task(spec, seed, workdir, data_dir=data_dir, name=JSONL_DATASET)
+
+
+def prepare_jsonl(spec: TaskSpec, workdir: str) -> None:
+    """Writes the JSONL files as a TFDS dataset under ``workdir/data`` (once)."""
+    from dopd_jax.data import tfds_io
+
+    data_dir = os.path.join(workdir, "data")
+    if not tfds_io.dataset_exists(data_dir, JSONL_DATASET):
+        tfds_io.write_dataset(jsonl_splits(spec), name=JSONL_DATASET, data_dir=data_dir,
+                              description=f"{spec.train_path}, {spec.test_path}")
+
+
+SOURCES: dict[str, Callable[..., TaskData]] = {
+    "generated": generated_task, "jsonl": jsonl_task, "tfds": tfds_task}
+
+
+def build_task(spec: TaskSpec, seed: int, workdir: str) -> TaskData:
+    """The TaskData of ``spec.source`` (registered name or import path)."""
+    if plugins.is_import_path(spec.source):
+        fn = plugins.load_object(spec.source, "task source")
+    elif spec.source in SOURCES:
+        fn = SOURCES[spec.source]
+    else:
+        raise ValueError(f"config.task.source: unknown source {spec.source!r}; valid: "
+                         f"{sorted(SOURCES)} or an import path 'package.module:NAME'")
+    return fn(spec, seed, workdir)
+
+
+def check_forms(data: TaskData, spec: TaskSpec, needs_privilege: bool) -> None:
+    """The privileged forms used must exist on the examples; errors name form and set."""
+    used = {spec.priv_form} | set(spec.sft_forms)
+    sets = {"train": data.train_sample, **data.eval_sets}
+    for form in sorted(used - {NO_PRIVILEGE}):
+        for name, examples in sets.items():
+            missing = [i for i, ex in enumerate(examples) if form not in ex.privileged]
+            if missing:
+                raise ValueError(
+                    f"config.task: privileged form {form!r} (task.priv_form / task.sft_forms) "
+                    f"is missing from {name} example {missing[0]}; it has "
+                    f"{sorted(examples[missing[0]].privileged)}")
+    if needs_privilege:
+        jsonl.required_fields(data.train_sample, ["privileged"], "training data")

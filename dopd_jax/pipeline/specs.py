@@ -1,0 +1,212 @@
+"""The ConfigDict, read once: typed frozen specs for every layer below the pipeline.
+
+``experiment_spec(cfg)`` is the only place that reads an experiment's
+``ml_collections.ConfigDict``; stages, the trainer, sharding, checkpoints and
+data take these dataclasses. Every error names the config key.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from typing import Any
+
+import ml_collections
+
+from dopd_jax import methods as methods_lib
+from dopd_jax.data.sources import TaskSpec
+from dopd_jax.methods import Method
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimSpec:
+    """AdamW with warm-up, cosine decay and clipping (``trainer.make_optimizer``)."""
+
+    lr: float
+    warmup_steps: int
+    total_steps: int
+    weight_decay: float
+    end_lr_fraction: float
+    clip_norm: float
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """One model of the experiment and how it is obtained.
+
+    ``source`` is ``scratch`` (built from ``arch`` and SFT-trained) or
+    ``workdir:PATH`` (restored from a previous experiment's finished stage
+    ``name`` under PATH). ``hf:PATH`` is reserved for Hugging Face checkpoints.
+    """
+
+    name: str  # stage / directory name: "teacher" or "student_init"
+    source: str
+    arch: tuple[tuple[str, Any], ...]  # ModelConfig fields except vocab_size
+    steps: int
+    batch_size: int
+    optim: OptimSpec
+    p_dropout: float
+    max_len: int
+    checkpoint_every: int
+    seed: int
+    log_every: int
+
+    def arch_dict(self) -> dict:
+        return dict(self.arch)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """One distillation run: a method (or a variant of one) and its settings."""
+
+    name: str
+    label: str  # results-table row label
+    method: Method
+    config: Any  # the method's frozen config dataclass
+    steps: int
+    batch_prompts: int
+    n_samples: int
+    optim: OptimSpec
+    max_new_tokens: int
+    temperature: float
+    top_k: int
+    top_p: float
+    chunk_size: int | None
+    diag_top_k: int
+    log_every: int
+    eval_every: int
+    eval_n: int
+    checkpoint_every: int
+    log_passes: tuple[str, ...]
+
+    def to_json(self) -> dict:
+        """JSON description (resume checks, results): the method by name and its config."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d["method"] = self.method.name
+        d["config"] = dataclasses.asdict(self.config)
+        d["optim"] = dataclasses.asdict(self.optim)
+        return json.loads(json.dumps(d))
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSpec:
+    batch_size: int
+    max_new_tokens: int
+    avg_k: int  # sampled responses per prompt for avg@k (0: greedy only)
+    temperature: float
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentSpec:
+    seed: int
+    mesh: tuple[tuple[str, int], ...]
+    checkpoint_keep: int
+    tokenizer_vocab_size: int
+    task: TaskSpec
+    teacher: ModelSpec
+    student: ModelSpec
+    runs: tuple[RunSpec, ...]
+    eval: EvalSpec
+
+    def stage_json(self) -> dict:
+        """What the SFT stages and the tokenizer depend on (a workdir's identity)."""
+        return json.loads(json.dumps({
+            "seed": self.seed, "task": dataclasses.asdict(self.task),
+            "tokenizer_vocab_size": self.tokenizer_vocab_size,
+            "teacher": dataclasses.asdict(self.teacher),
+            "student": dataclasses.asdict(self.student)}))
+
+
+def _optim(block, total_steps: int) -> OptimSpec:
+    return OptimSpec(lr=block.lr, warmup_steps=block.warmup_steps, total_steps=total_steps,
+                     weight_decay=block.weight_decay, end_lr_fraction=block.end_lr_fraction,
+                     clip_norm=block.clip_norm)
+
+
+def _model(c, key: str, name: str, seed: int) -> ModelSpec:
+    b = c[key]
+    arch = tuple(sorted(b.model.to_dict().items()))
+    return ModelSpec(name=name, source=b.source, arch=arch, steps=b.steps,
+                     batch_size=b.batch_size, optim=_optim(b, b.steps), p_dropout=b.p_dropout,
+                     max_len=b.max_len, checkpoint_every=b.checkpoint_every, seed=seed,
+                     log_every=c.distill.log_every)
+
+
+def task_spec(c) -> TaskSpec:
+    t = c.task.to_dict()
+    t["sft_forms"] = tuple(t["sft_forms"])
+    return methods_lib.build_config(TaskSpec, t, "config.task")
+
+
+def _label(method: Method, name: str, overrides: dict) -> str:
+    if "label" in overrides:
+        return str(overrides.pop("label"))
+    if name == method.name or not overrides:
+        return method.label
+    return " ".join([method.label] + [f"{k}={v}" for k, v in overrides.items()])
+
+
+def resolve_run(c, name: str) -> tuple[Method, dict, ml_collections.ConfigDict, str]:
+    """A ``distill.methods`` entry: a method name, an import path, or a variant.
+
+    Returns:
+      ``(method, method_overrides, distill_block, label)``: the method, the
+      config overrides for it (``method_args.<name>`` then the variant's), a
+      copy of ``config.distill`` with the variant's distill overrides applied,
+      and the run's table label (a variant's ``label``, or the method's label
+      followed by the overrides).
+    """
+    d = copy.deepcopy(c.distill)
+    overrides = {}
+    if name in d.variants:
+        overrides = d.variants[name].to_dict()
+        base = overrides.pop("method", None)
+        if not isinstance(base, str):
+            raise ValueError(f"config.distill.variants.{name}: needs method=NAME")
+    else:
+        base = name
+    try:
+        method = methods_lib.get_method(base)
+    except ValueError as e:
+        raise ValueError(f"config.distill.methods: {e}; variants: {sorted(d.variants)}") from e
+    label = _label(method, name, overrides)
+    args = dict(c.method_args[base].to_dict()) if base in c.method_args else {}
+    fields = {f.name for f in dataclasses.fields(method.config_cls)}
+    for key, value in overrides.items():
+        if key in fields:
+            args[key] = value
+        elif key in d and key not in ("variants", "methods"):
+            d[key] = value
+        else:
+            raise ValueError(f"config.distill.variants.{name}: {key!r} is neither a field of "
+                             f"{method.config_cls.__name__} ({sorted(fields)}) nor a distill "
+                             "field")
+    return method, args, d, label
+
+
+def run_spec(c, name: str) -> RunSpec:
+    method, args, d, label = resolve_run(c, name)
+    config = method.make_config(args, f"config for run {name!r} ({method.name})")
+    return RunSpec(
+        name=name, label=label, method=method, config=config, steps=d.steps, batch_prompts=d.batch_prompts,
+        n_samples=d.n_samples, optim=_optim(d, d.steps), max_new_tokens=d.max_new_tokens,
+        temperature=d.temperature, top_k=d.top_k, top_p=d.top_p,
+        chunk_size=d.chunk_size or None, diag_top_k=d.diag_top_k, log_every=d.log_every,
+        eval_every=d.eval_every, eval_n=d.eval_n, checkpoint_every=d.checkpoint_every,
+        log_passes=tuple(d.log_passes))
+
+
+def experiment_spec(c: ml_collections.ConfigDict) -> ExperimentSpec:
+    """Reads the whole config into typed specs (raises ValueError naming the key)."""
+    names = tuple(c.distill.methods)
+    if len(names) != len(set(names)):
+        raise ValueError(f"config.distill.methods: duplicate entries in {names}")
+    return ExperimentSpec(
+        seed=c.seed, mesh=tuple(c.mesh.to_dict().items()), checkpoint_keep=c.checkpoint_keep,
+        tokenizer_vocab_size=c.tokenizer.vocab_size, task=task_spec(c),
+        teacher=_model(c, "teacher", "teacher", c.seed + 100),
+        student=_model(c, "student", "student_init", c.seed + 200),
+        runs=tuple(run_spec(c, n) for n in names),
+        eval=EvalSpec(batch_size=c.eval.batch_size, max_new_tokens=c.distill.max_new_tokens,
+                      avg_k=c.eval.avg_k,
+                      temperature=c.eval.temperature))
