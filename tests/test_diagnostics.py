@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dopd_jax import diagnostics
+from dopd_jax.losses import diagnostics
 
 B, T, V = 3, 5, 12
 

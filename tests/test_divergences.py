@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from dopd_jax import divergences as dv
+from dopd_jax.losses import divergences as dv
 
 B, T, V, K = 3, 7, 11, 4
 KINDS = ("fkl", "rkl", "jsd")

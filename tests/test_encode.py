@@ -4,8 +4,9 @@ import dataclasses
 import numpy as np
 import pytest
 
-from dopd_jax import tokenizer as tok_lib
-from dopd_jax.data import encode, pipeline, tasks
+from dopd_jax.models import tokenizer as tok_lib
+from dopd_jax.data import encode, generated, streams as pipeline
+from dopd_jax.data.generated import tasks
 
 DOMAINS = tuple(tasks.DOMAINS)
 
@@ -13,7 +14,7 @@ DOMAINS = tuple(tasks.DOMAINS)
 @pytest.fixture(scope="module")
 def tok():
   return tok_lib.train_tokenizer(
-      tok_lib.corpus_for_tokenizer(DOMAINS, 200, seed=0), vocab_size=64)
+      generated.corpus_for_tokenizer(DOMAINS, 200, seed=0), vocab_size=64)
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,7 @@ def examples():
 @pytest.mark.parametrize("form", tasks.PRIVILEGED_FORMS)
 def test_encode_prompts_left_pads(tok, examples, form):
   batch = encode.encode_prompts(examples, tok, form=form, max_prompt_len=24,
-                                max_priv_len=48)
+                                max_priv_len=48, domains=DOMAINS)
   assert batch.prompt_BP.shape == (len(examples), 24)
   assert batch.priv_BQ.shape == batch.priv_mask_BQ.shape == (len(examples), 48)
   assert batch.prompt_BP.dtype == batch.priv_BQ.dtype == np.int32
@@ -53,20 +54,32 @@ def test_encode_prompts_errors_name_the_row(tok, examples):
     encode.encode_prompts(examples[:1], tok, form="hints", max_prompt_len=20,
                           max_priv_len=20)
   empty = dataclasses.replace(examples[0], prompt="")
-  with pytest.raises(ValueError, match="row 1: the prompt is empty"):
+  with pytest.raises(ValueError, match="row 1: the prompt '' encodes to no token"):
     encode.encode_prompts([examples[0], empty], tok, form="none",
                           max_prompt_len=24, max_priv_len=48)
   with pytest.raises(ValueError, match="row 0: domain 'arith'"):
     encode.encode_prompts(examples[:1], tok, form="none", max_prompt_len=24,
                           max_priv_len=48, domains=("sort",))
-  with pytest.raises(ValueError, match="valid"):
+  with pytest.raises(ValueError, match="row 0: .*no privileged form 'hint'"):
     encode.encode_prompts(examples, tok, form="hint", max_prompt_len=24,
                           max_priv_len=48)
 
 
 def _sft(tok, exs, seed=0, **kw):
   kw = {"form": "answer", "p_dropout": 0.0, "max_len": 64} | kw
-  return encode.encode_sft(exs, tok, rng=np.random.default_rng(seed), **kw)
+  batch, shown = encode.encode_sft(exs, tok, rng=np.random.default_rng(seed),
+                                   return_shown=True, **kw)
+  return _Shown(batch, shown)
+
+
+class _Shown:
+  """An SFTBatch plus the shown mask (attribute access to both)."""
+
+  def __init__(self, batch, shown):
+    self.batch, self.priv_shown_B = batch, shown
+
+  def __getattr__(self, name):
+    return getattr(self.batch, name)
 
 
 def test_sft_mask_covers_exactly_response_and_eos(tok, examples):
@@ -74,7 +87,7 @@ def test_sft_mask_covers_exactly_response_and_eos(tok, examples):
   for b, ex in enumerate(examples):
     inputs, targets = batch.inputs_BL[b], batch.targets_BL[b]
     mask = batch.loss_mask_BL[b]
-    y = ex.priv_solution if batch.priv_shown_B[b] else ex.solution
+    y = ex.priv_response if batch.priv_shown_B[b] else ex.response
     assert targets[mask].tolist() == tok.encode(y) + [tok.eos_id]
     valid = int(np.flatnonzero(targets)[-1]) + 1  # up to the EOS target
     assert inputs[0] == tok.bos_id and mask[valid - 1]
@@ -89,13 +102,12 @@ def test_sft_privileged_choice(tok, examples):
   assert shown.priv_shown_B.all()
   for b, ex in enumerate(examples):  # y follows p, misleading or not
     masked = shown.targets_BL[b][shown.loss_mask_BL[b]].tolist()
-    assert masked == tok.encode(ex.priv_solution) + [1]
+    assert masked == tok.encode(ex.priv_response) + [1]
   for batch in (_sft(tok, examples, p_dropout=1.0),
-                _sft(tok, examples, form="none"),
-                _sft(tok, examples, use_priv_solution=False)):
+                _sft(tok, examples, form="none")):
     for b, ex in enumerate(examples):
       masked = batch.targets_BL[b][batch.loss_mask_BL[b]].tolist()
-      assert masked == tok.encode(ex.solution) + [1]
+      assert masked == tok.encode(ex.response) + [1]
   assert not _sft(tok, examples, p_dropout=1.0).priv_shown_B.any()
 
 
@@ -104,8 +116,8 @@ def test_sft_dropout_rate_and_determinism(tok):
   a = _sft(tok, exs, seed=1, p_dropout=0.3)
   assert abs((1 - a.priv_shown_B.mean()) - 0.3) < 0.1
   b = _sft(tok, exs, seed=1, p_dropout=0.3)
-  assert all(np.array_equal(getattr(a, f.name), getattr(b, f.name))
-             for f in dataclasses.fields(a))
+  assert all(np.array_equal(getattr(a.batch, f.name), getattr(b.batch, f.name))
+             for f in dataclasses.fields(a.batch))
 
 
 def test_sft_errors_name_the_row(tok, examples):
@@ -113,8 +125,8 @@ def test_sft_errors_name_the_row(tok, examples):
     _sft(tok, examples, max_len=10)
   with pytest.raises(ValueError, match="p_dropout"):
     _sft(tok, examples, p_dropout=-0.1)
-  with pytest.raises(ValueError, match="valid"):
-    _sft(tok, examples, form=("answer", "nope"))
+  with pytest.raises(ValueError, match="no privileged form 'nope'"):
+    _sft(tok, examples, form=("answer", "nope"), p_dropout=0.0)
 
 
 def test_stream_resumes_exactly():

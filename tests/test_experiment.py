@@ -7,8 +7,9 @@ import sys
 
 import pytest
 
-from dopd_jax import config as config_lib, validation
-from dopd_jax.metric_writer import read_metrics
+from dopd_jax.pipeline import config as config_lib
+from dopd_jax.pipeline import config_checks as validation
+from dopd_jax.trainer.metric_writer import read_metrics
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SMOKE = "experiments/privilege_illusion.py:smoke"
@@ -112,7 +113,7 @@ def test_privileged_methods_need_privileged_context():
 
 
 def test_prompt_longer_than_maximum_fails_before_training(tmp_path):
-    from dopd_jax import stages
+    from dopd_jax.pipeline import context as stages
 
     c = _smoke_config()
     c.task.max_prompt_len = 6
@@ -123,7 +124,7 @@ def test_prompt_longer_than_maximum_fails_before_training(tmp_path):
 
 def test_vocab_mismatch_is_named():
     from dopd_jax.models import ModelConfig
-    from dopd_jax.distill_stage import check_vocab
+    from dopd_jax.pipeline.distill_stage import check_vocab
 
     a = ModelConfig(vocab_size=64, d_model=8, n_layers=1, n_heads=2, n_kv_heads=1,
                     head_dim=4, d_ff=16)

@@ -20,7 +20,7 @@ import numpy as np
 from flax import nnx
 from safetensors.numpy import load_file, save_file
 
-from dopd_jax import rollout
+from dopd_jax.steps import rollout
 from dopd_jax.models import ModelConfig, Transformer, config_from_hf, load_hf, save_hf
 from dopd_jax.models import hf
 from dopd_jax.models.hf_config import config_to_hf
@@ -330,7 +330,7 @@ def _tokenizer_dir(directory, **files):
 
 
 def test_hf_tokenizer_interface(tmp_path):
-  from dopd_jax.hf_tokenizer import HFTokenizer  # pylint: disable=g-import-not-at-top
+  from dopd_jax.models.hf_tokenizer import HFTokenizer  # pylint: disable=g-import-not-at-top
   _tokenizer_dir(tmp_path, tokenizer_config=dict(
       eos_token="</s>", bos_token="<s>",
       pad_token={"content": "<pad>", "special": True}))
@@ -348,7 +348,7 @@ def test_hf_tokenizer_interface(tmp_path):
 
 
 def test_hf_tokenizer_special_id_sources(tmp_path):
-  from dopd_jax.hf_tokenizer import HFTokenizer  # pylint: disable=g-import-not-at-top
+  from dopd_jax.models.hf_tokenizer import HFTokenizer  # pylint: disable=g-import-not-at-top
   _tokenizer_dir(tmp_path, special_tokens_map=dict(eos_token="</s>"),
                  config=dict(pad_token_id=0, eos_token_id=2))
   tok = HFTokenizer.from_file(str(tmp_path))

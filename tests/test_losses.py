@@ -4,7 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dopd_jax import divergences, losses
+from dopd_jax import losses
+from dopd_jax.losses import divergences
 
 B, T, V, K = 4, 6, 10, 4
 

@@ -4,7 +4,7 @@ import struct
 
 from tensorboardX.proto import event_pb2
 
-from dopd_jax.metric_writer import MetricWriter, read_metrics
+from dopd_jax.trainer.metric_writer import MetricWriter, read_metrics
 
 
 def _events(run_dir: pathlib.Path):

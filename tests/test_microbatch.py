@@ -8,9 +8,11 @@ import optax
 import pytest
 from flax import nnx
 
-from dopd_jax import losses, microbatch, routing, sharding, steps
-from dopd_jax import rollout as rollout_lib
-from dopd_jax.methods import LossConfig, get_method
+from dopd_jax import losses, sharding, steps
+from dopd_jax.steps import microbatch
+from dopd_jax.losses import routing
+from dopd_jax.steps import rollout as rollout_lib
+from dopd_jax.methods import get_method
 from dopd_jax.models import ModelConfig, Transformer
 
 V = 24
@@ -35,10 +37,21 @@ def _batch(rng, b=4, p=6, q=10):
     return steps.DistillBatch(*map(jnp.asarray, (prompt, mask, priv, pmask)))
 
 
-def _spec(method, **loss_kw):
+def _spec(method, chunk_size=None, **kw):
     sampler = rollout_lib.SamplerConfig(max_new_tokens=8, eos_id=EOS, pad_id=PAD,
                                         n_samples=N_SAMPLES)
-    return steps.DistillSpec(get_method(method), LossConfig(top_k=8, **loss_kw), sampler)
+    m = get_method(method)
+    if method == "dopd":
+        kw.setdefault("top_k", 8)
+    return steps.DistillSpec(m, m.make_config(kw), sampler, chunk_size=chunk_size, diag_top_k=8)
+
+
+def _g(gs, gt=None):
+    return {"student": gs} if gt is None else {"student": gs, "teacher": gt}
+
+
+def _t(pt):
+    return {"teacher": pt}
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +63,7 @@ def setup():
 
 def _rollout(gs, ps, spec, batch, empty_row=True):
     state = steps.init_state(ps, optax.sgd(1.0), keep_ref=False)
-    ro = jax.jit(lambda s, b: steps.rollout_step(gs, spec, s, b, jax.random.key(0)))(state, batch)
+    ro = jax.jit(lambda s, b: steps.rollout_step(_g(gs), spec, s, b, jax.random.key(0)))(state, batch)
     if empty_row:  # a sequence without valid tokens must not count in the mean
         ro = dataclasses.replace(ro, mask_BT=ro.mask_BT.at[3].set(False))
     return ro
@@ -81,17 +94,17 @@ def test_microbatched_step_equals_full_batch_update(setup, method, loss_kw, coun
     opt = optax.sgd(0.5)  # linear in the gradient, so params compare at float32 precision
     ro = _rollout(gs, ps, spec, batch)
     state = _copy_state(ps, opt)
-    targets = jax.jit(lambda s, t, b, r: steps.score_step(gs, gt, spec, s, t, b, r))(
-        state, pt, batch, ro)
-    ref_state, ref_m = jax.jit(lambda s, r, t: steps.update_step(gs, opt, spec, s, r, t))(
+    targets = jax.jit(lambda s, t, b, r: steps.score_step(_g(gs, gt), spec, s, t, b, r))(
+        state, _t(pt), batch, ro)
+    ref_state, ref_m = jax.jit(lambda s, r, t: steps.update_step(_g(gs), opt, spec, s, r, t))(
         state, ro, targets)
     lengths = np.asarray(ro.mask_BT.sum(1))
     assert len(set(lengths.tolist())) > 1  # unequal micro-batches in tokens
     if method == "dopd":  # so the A_bar / qS_bar / qT_bar comparisons below can fail
         _check_refs_differ_per_microbatch(targets, ro, max(counts))
     for m in counts:
-        step = microbatch.make_microbatched_update(gs, gt, opt, spec, m, remat=m != 2)
-        new_state, metrics = step(_copy_state(ps, opt), pt, batch, ro)
+        step = microbatch.make_microbatched_update(_g(gs, gt), opt, spec, m, remat=m != 2)
+        new_state, metrics = step(_copy_state(ps, opt), _t(pt), batch, ro)
         assert set(metrics) == set(ref_m), m
         for key in ref_m:
             np.testing.assert_allclose(metrics[key], ref_m[key], rtol=2e-5, atol=2e-6,
@@ -112,20 +125,20 @@ def test_trace_once_donates_state_not_teacher(setup):
     traces = []
     base = get_method("opd")
 
-    def counting_loss(*args):
+    def counting_loss(*args, **kw):
         traces.append(1)
-        return base.loss_fn(*args)
+        return base.loss(*args, **kw)
 
-    spec = dataclasses.replace(_spec("opd"), method=dataclasses.replace(base, loss_fn=counting_loss))
+    spec = dataclasses.replace(_spec("opd"), method=dataclasses.replace(base, loss=counting_loss))
     opt = optax.adam(1e-3)
-    step = microbatch.make_microbatched_update(gs, gt, opt, spec, 2)
+    step = microbatch.make_microbatched_update(_g(gs, gt), opt, spec, 2)
     state = _copy_state(ps, opt)
     rng = np.random.default_rng(1)
     for _ in range(3):
         batch = _batch(rng)  # new data, same shapes: must not retrace
         ro = _rollout(gs, state.params, spec, batch, empty_row=False)
         old = state
-        state, _ = step(state, pt, batch, ro)
+        state, _ = step(state, _t(pt), batch, ro)
         assert old.params["embed"]["embedding"][...].is_deleted()
     assert len(traces) == 1 and int(state.step) == 3
     assert not pt["embed"]["embedding"][...].is_deleted()
@@ -137,13 +150,13 @@ def test_sharded_step_matches_unsharded(setup):
     batch = _batch(np.random.default_rng(2), b=8)
     ro = _rollout(gs, ps, spec, batch)
     opt = optax.sgd(0.5)
-    _, plain = microbatch.make_microbatched_update(gs, gt, opt, spec, 2)(
-        _copy_state(ps, opt), pt, batch, ro)
+    _, plain = microbatch.make_microbatched_update(_g(gs, gt), opt, spec, 2)(
+        _copy_state(ps, opt), _t(pt), batch, ro)
     mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
     state = sharding.init_state_sharded(sharding.shard_params(ps, mesh), opt, mesh, False)
-    teacher = sharding.shard_params(pt, mesh)
+    teacher = _t(sharding.shard_params(pt, mesh))
     sh = sharding.step_shardings(mesh, opt, state, teacher)
-    step = microbatch.make_microbatched_update(gs, gt, opt, spec, 2, shardings=sh)
+    step = microbatch.make_microbatched_update(_g(gs, gt), opt, spec, 2, shardings=sh)
     _, m = step(state, teacher, sharding.shard_batch(batch, mesh), sharding.shard_batch(ro, mesh))
     for key in ("loss", "grad_norm", "A_bar", "frac_HS", "loss_HT", "kl_to_teacher"):
         np.testing.assert_allclose(m[key], plain[key], rtol=1e-5, atol=1e-6, err_msg=key)
@@ -156,22 +169,22 @@ def test_bad_microbatching_is_a_value_error(setup):
     ro = _rollout(gs, ps, spec, batch)
     for bad in (0, 2.0, True):
         with pytest.raises(ValueError, match="num_microbatches must be an int"):
-            microbatch.make_microbatched_update(gs, gt, opt, spec, bad)
+            microbatch.make_microbatched_update(_g(gs, gt), opt, spec, bad)
     with pytest.raises(ValueError, match="do not split into num_microbatches=3"):
-        microbatch.make_microbatched_update(gs, gt, opt, spec, 3)(
-            _copy_state(ps, opt), pt, batch, ro)
+        microbatch.make_microbatched_update(_g(gs, gt), opt, spec, 3)(
+            _copy_state(ps, opt), _t(pt), batch, ro)
     mesh = sharding.make_mesh({"fsdp": 8})
     state = sharding.init_state_sharded(sharding.shard_params(ps, mesh), opt, mesh, False)
-    teacher = sharding.shard_params(pt, mesh)
+    teacher = _t(sharding.shard_params(pt, mesh))
     sh = sharding.step_shardings(mesh, opt, state, teacher)
     batch8 = _batch(np.random.default_rng(4), b=8)  # 16 rows: 4 micro-batches of 4 rows
     ro8 = _rollout(gs, ps, spec, batch8)
     with pytest.raises(ValueError, match="4 rows do not split over 8 data-parallel shards"):
-        microbatch.make_microbatched_update(gs, gt, opt, spec, 4, shardings=sh)(
+        microbatch.make_microbatched_update(_g(gs, gt), opt, spec, 4, shardings=sh)(
             state, teacher, sharding.shard_batch(batch8, mesh), sharding.shard_batch(ro8, mesh))
     with pytest.raises(ValueError, match="needs teacher shardings"):
-        microbatch.make_microbatched_update(gs, gt, opt, spec, 1,
-                                            shardings=dataclasses.replace(sh, teacher=None))
+        microbatch.make_microbatched_update(_g(gs, gt), opt, spec, 1,
+                                            shardings=dataclasses.replace(sh, teachers=None))
 
 
 # ---- refs: reference values computed elsewhere (routing.dopd_regimes, losses.dopd_loss) ----

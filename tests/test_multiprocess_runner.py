@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 
-from dopd_jax.metric_writer import read_metrics
+from dopd_jax.trainer.metric_writer import read_metrics
 
 import processes
 

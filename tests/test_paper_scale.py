@@ -22,7 +22,7 @@ import pathlib
 import jax
 import pytest
 
-from dopd_jax import validation
+from dopd_jax.pipeline import config_checks as validation
 from dopd_jax.models import hf_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

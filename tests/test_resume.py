@@ -22,14 +22,16 @@ import optax
 import orbax.checkpoint as ocp
 import pytest
 
-from dopd_jax import steps as steps_lib, train, train_checkpoint
-from dopd_jax.metric_writer import read_metrics
-from dopd_jax.train_checkpoint import StageCheckpointer
+from dopd_jax import steps as steps_lib
+from dopd_jax.trainer import loop as train
+from dopd_jax.trainer import checkpoints as train_checkpoint
+from dopd_jax.trainer.metric_writer import read_metrics
+from dopd_jax.trainer.checkpoints import StageCheckpointer
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TIMING_KEYS = {"time_rollout", "time_score", "time_update", "tokens_per_sec"}
 CONFIG = '''
-from dopd_jax import config as config_lib
+from dopd_jax.pipeline import config as config_lib
 
 def get_config(arg=None):
     c = config_lib.base_config()
@@ -320,7 +322,7 @@ def test_damaged_teacher_checkpoint_falls_back_and_sft_resumes_identically(e2e):
 
 
 def test_incompatible_distill_config_is_refused_before_compiling(e2e):
-    from dopd_jax import experiment
+    from dopd_jax.pipeline import runner as experiment
 
     root, _, ref = e2e
     workdir = root / "incompatible"

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from dopd_jax import rollout
-from dopd_jax import sampling
+from dopd_jax.steps import rollout, scoring
+from dopd_jax.steps import sampling
 from dopd_jax.models import ModelConfig, Transformer
 
 V, EOS, PAD = 29, 1, 0
@@ -31,7 +31,7 @@ def _sample_fn(graphdef, cfg):
 
 @functools.lru_cache(maxsize=None)
 def _score_fn(graphdef):
-  return jax.jit(functools.partial(rollout.score, graphdef))
+  return jax.jit(functools.partial(scoring.teacher_forced_logits, graphdef))
 
 
 def _prompts(lengths, width, seed=0):
@@ -217,5 +217,5 @@ def test_shape_errors_raise_before_compile(split):
     rollout.sample(graphdef, params, jnp.ones((2, 3), jnp.int32),
                    jnp.ones((2, 4), bool), jax.random.key(0), BASE)
   with pytest.raises(ValueError, match="response"):
-    rollout.score(graphdef, params, jnp.ones((2, 3), jnp.int32),
+    scoring.teacher_forced_logits(graphdef, params, jnp.ones((2, 3), jnp.int32),
                   jnp.ones((2, 3), bool), jnp.ones((3, 4), jnp.int32))

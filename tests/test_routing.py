@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dopd_jax import routing
+from dopd_jax.losses import routing
 
 
 def np_trimmed_mean(x, mask, outlier_fraction):

@@ -10,8 +10,9 @@ import pytest
 from flax import nnx
 from jax.sharding import AxisType, PartitionSpec as P
 
-from dopd_jax import rollout as rollout_lib
-from dopd_jax import sharding, sharding_rules, steps
+from dopd_jax.steps import rollout as rollout_lib
+from dopd_jax import sharding, steps
+from dopd_jax.sharding import rules as sharding_rules
 from dopd_jax.methods import LossConfig, get_method
 from dopd_jax.models import ModelConfig, Transformer
 

@@ -9,9 +9,9 @@ import optax
 import pytest
 from flax import nnx
 
-from dopd_jax import rollout as rollout_lib
+from dopd_jax.steps import rollout as rollout_lib
 from dopd_jax import steps
-from dopd_jax.methods import METHODS, LossConfig, get_method
+from dopd_jax.methods import METHODS, get_method
 from dopd_jax.models import ModelConfig, Transformer
 
 V = 24
@@ -40,10 +40,16 @@ def _batch(rng, b=4, p=6, q=10):
                               jnp.asarray(pmask))
 
 
-def _spec(method, priv_student="live", **loss_kw):
+def _spec(method, **kw):
     sampler = rollout_lib.SamplerConfig(max_new_tokens=8, eos_id=EOS, pad_id=PAD, n_samples=2)
-    loss = LossConfig(top_k=8, **loss_kw)
-    return steps.DistillSpec(get_method(method), loss, sampler, priv_student=priv_student)
+    m = get_method(method)
+    if method == "dopd":
+        kw.setdefault("top_k", 8)
+    return steps.DistillSpec(m, m.make_config(kw), sampler, diag_top_k=8)
+
+
+def _g(gs, gt=None):
+    return {"student": gs} if gt is None else {"student": gs, "teacher": gt}
 
 
 @pytest.fixture(scope="module")
@@ -58,12 +64,12 @@ def setup():
 ])
 def test_update_lowers_loss_on_fixed_batch(setup, method, loss_kw):
     gs, ps, gt, pt, batch = setup
-    spec = _spec(method, priv_student="frozen" if method == "opsd" else "live", **loss_kw)
+    spec = _spec(method, **loss_kw)
     opt = optax.adam(3e-2)
     state = steps.init_state(jax.tree.map(jnp.copy, ps), opt, keep_ref=method == "opsd")
-    ro = steps.rollout_step(gs, spec, state, batch, jax.random.key(0))
-    targets = steps.score_step(gs, gt, spec, state, pt, batch, ro)
-    update = jax.jit(functools.partial(steps.update_step, gs, opt, spec))
+    ro = steps.rollout_step(_g(gs), spec, state, batch, jax.random.key(0))
+    targets = steps.score_step(_g(gs, gt), spec, state, {"teacher": pt}, batch, ro)
+    update = jax.jit(functools.partial(steps.update_step, _g(gs), opt, spec))
     losses = []
     for _ in range(15):
         state, m = update(state, ro, targets)
@@ -76,9 +82,9 @@ def test_pg_update_lowers_sampled_kl(setup):
     spec = _spec("opd")
     opt = optax.adam(3e-2)
     state = steps.init_state(jax.tree.map(jnp.copy, ps), opt, keep_ref=False)
-    ro = steps.rollout_step(gs, spec, state, batch, jax.random.key(0))
-    targets = steps.score_step(gs, gt, spec, state, pt, batch, ro)
-    update = jax.jit(functools.partial(steps.update_step, gs, opt, spec))
+    ro = steps.rollout_step(_g(gs), spec, state, batch, jax.random.key(0))
+    targets = steps.score_step(_g(gs, gt), spec, state, {"teacher": pt}, batch, ro)
+    update = jax.jit(functools.partial(steps.update_step, _g(gs), opt, spec))
     kls = []
     for _ in range(15):
         state, m = update(state, ro, targets)
@@ -91,19 +97,19 @@ def test_distill_fns_trace_once(setup):
     traces = []
     base = get_method("dopd")
 
-    def counting_loss(*args):
+    def counting_loss(*args, **kw):
         traces.append(1)
-        return base.loss_fn(*args)
+        return base.loss(*args, **kw)
 
-    spec = dataclasses.replace(_spec("dopd"), method=dataclasses.replace(base, loss_fn=counting_loss))
+    spec = dataclasses.replace(_spec("dopd"), method=dataclasses.replace(base, loss=counting_loss))
     opt = optax.adam(1e-3)
-    fns = steps.make_distill_fns(gs, gt, opt, spec)
+    fns = steps.make_distill_fns(_g(gs, gt), opt, spec)
     state = steps.init_state(jax.tree.map(jnp.copy, ps), opt, keep_ref=False)
     rng = np.random.default_rng(1)
     for _ in range(3):
         batch = _batch(rng)  # new data, same shapes: must not retrace
         ro = fns.rollout(state, batch, jax.random.key(0))
-        targets = fns.score(state, pt, batch, ro)
+        targets = fns.score(state, {"teacher": pt}, batch, ro)
         state, _ = fns.update(state, ro, targets)
     assert len(traces) == 1
     assert int(state.step) == 3
@@ -113,10 +119,10 @@ def test_distill_step_jit_parity(setup):
     gs, ps, gt, pt, batch = setup
     spec = _spec("dopd")
     opt = optax.adam(1e-3)
-    step = functools.partial(steps.distill_step, gs, gt, opt, spec)
+    step = functools.partial(steps.distill_step, _g(gs, gt), opt, spec)
     state = steps.init_state(ps, opt, keep_ref=False)
-    s1, m1 = step(state, pt, batch, jax.random.key(3))
-    s2, m2 = jax.jit(step)(state, pt, batch, jax.random.key(3))
+    s1, m1 = step(state, {"teacher": pt}, batch, jax.random.key(3))
+    s2, m2 = jax.jit(step)(state, {"teacher": pt}, batch, jax.random.key(3))
     for k in ("loss", "frac_HS", "A_bar", "kl_to_teacher", "kl_to_priv_teacher"):
         np.testing.assert_allclose(m1[k], m2[k], rtol=1e-4, atol=1e-5, err_msg=k)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
@@ -130,7 +136,8 @@ def test_teacher_params_get_no_update_and_ref_modes(setup):
         spec = _spec("dopd", priv_student=mode)
         state = steps.init_state(jax.tree.map(jnp.copy, ps), opt, keep_ref=True)
         ref0 = jax.tree.map(jnp.copy, state.ref_params)
-        new, _ = steps.distill_step(gs, gt, opt, spec, state, pt, batch, jax.random.key(0))
+        new, _ = steps.distill_step(_g(gs, gt), opt, spec, state, {"teacher": pt}, batch,
+                                    jax.random.key(0))
         delta = optax.tree.norm(jax.tree.map(jnp.subtract, new.ref_params, ref0))
         assert (float(delta) == 0.0) == (mode == "frozen"), mode
 
@@ -139,8 +146,8 @@ def test_score_step_logs_extra_passes(setup):
     gs, ps, gt, pt, batch = setup
     spec = _spec("opsd", priv_student="frozen")
     state = steps.init_state(ps, optax.adam(1e-3), keep_ref=True)
-    ro = steps.rollout_step(gs, spec, state, batch, jax.random.key(0))
-    targets = steps.score_step(gs, gt, spec, state, pt, batch, ro)
+    ro = steps.rollout_step(_g(gs), spec, state, batch, jax.random.key(0))
+    targets = steps.score_step(_g(gs, gt), spec, state, {"teacher": pt}, batch, ro)
     assert set(targets) == {"priv_student", "logp_teacher_BT", "logp_priv_teacher_BT"}
     assert targets["priv_student"].shape == ro.tokens_BT.shape + (V,)
 
@@ -152,7 +159,8 @@ def test_sft_step_lowers_loss():
     rng = np.random.default_rng(0)
     ids = rng.integers(4, V, size=(4, 9)).astype(np.int32)
     batch = steps.SFTBatch(jnp.asarray(ids[:, :-1]), jnp.asarray(ids[:, 1:]),
-                           jnp.asarray(np.arange(8)[None].repeat(4, 0) >= 3))
+                           jnp.asarray(np.arange(8)[None].repeat(4, 0) >= 3),
+                           jnp.ones((4, 8), bool))
     fn = steps.make_sft_fn(gs, opt)
     first = None
     for _ in range(20):
@@ -163,7 +171,8 @@ def test_sft_step_lowers_loss():
 
 def test_every_method_is_registered_with_known_passes():
     for m in METHODS.values():
-        assert m.main_target in m.passes
-        assert set(m.passes) <= {"teacher", "priv_teacher", "priv_student"}
+        passes = m.passes(m.config_cls())
+        assert m.main_target in passes
+        assert set(passes) <= {"teacher", "priv_teacher", "priv_student"}
     with pytest.raises(ValueError, match="unknown method 'gkd2'"):
         get_method("gkd2")

@@ -4,8 +4,9 @@ import re
 
 import pytest
 
-from dopd_jax import tokenizer as tok_lib
-from dopd_jax.data import tasks
+from dopd_jax.models import tokenizer as tok_lib
+from dopd_jax.data import generated
+from dopd_jax.data.generated import tasks
 
 DOMAINS = sorted(tasks.DOMAINS)
 
@@ -13,7 +14,7 @@ DOMAINS = sorted(tasks.DOMAINS)
 @pytest.fixture(scope="module")
 def tok():
   return tok_lib.train_tokenizer(
-      tok_lib.corpus_for_tokenizer(DOMAINS, 200, seed=0), vocab_size=64)
+      generated.corpus_for_tokenizer(DOMAINS, 200, seed=0), vocab_size=64)
 
 
 @pytest.mark.parametrize("domain", DOMAINS)
@@ -42,7 +43,7 @@ def test_hard_is_harder_with_the_same_token_lengths(domain, tok):
   hard_min = tasks.DOMAINS[domain].difficulty_cls().hard_min
   assert min(e.hardness for e in hard) >= hard_min
   assert sum(e.hardness for e in test) / len(test) < hard_min - 0.5
-  for field in ("prompt", "solution"):
+  for field in ("prompt", "response"):
     def max_len(exs):
       return max(len(tok.encode(getattr(e, field))) for e in exs)
     assert max_len(hard) == max_len(test), field
@@ -63,7 +64,7 @@ def _check_correct(ex):
 
 def _check_follows_hint(ex):
   """priv_solution executes the strategy that the hints describe."""
-  work = ex.priv_solution.split(" A: ")[0].strip()
+  work = ex.priv_response.split(" A: ")[0].strip()
   plan = ex.privileged["hints"].removeprefix(" hint: ")
   values = ex.privileged["exec_hints"].removeprefix(" hint: ")
   if ex.domain == "sort":
@@ -74,7 +75,7 @@ def _check_follows_hint(ex):
     for letter, value in zip("abcdef", values.split(", ")):
       plan = re.sub(rf"\b{letter}\b", value, plan)
     assert plan == work
-  assert ex.privileged["answer"] == f" hint: {ex.priv_solution.split()[-1]}"
+  assert ex.privileged["answer"] == f" hint: {ex.priv_response.split()[-1]}"
 
 
 @pytest.mark.parametrize("domain", DOMAINS)
@@ -84,16 +85,16 @@ def test_every_form_renders_and_the_solution_verifies(domain):
     assert ex.privileged["none"] == ""
     for form in tasks.PRIVILEGED_FORMS[1:]:
       assert ex.privileged[form].startswith(" hint: ")
-    assert not ex.prompt.startswith(" ") and ex.solution.startswith(" ")
-    assert ex.solution.endswith(f" A: {ex.answer}")
-    assert tasks.verify(ex, ex.solution)
+    assert not ex.prompt.startswith(" ") and ex.response.startswith(" ")
+    assert ex.response.endswith(f" A: {ex.answer}")
+    assert tasks.verify(ex, ex.response)
     _check_correct(ex)
     _check_follows_hint(ex)
     if ex.misleading:
-      assert not tasks.verify(ex, ex.priv_solution)
+      assert not tasks.verify(ex, ex.priv_response)
       assert ex.privileged["answer"] != f" hint: {ex.answer}"
     else:
-      assert ex.priv_solution == ex.solution
+      assert ex.priv_response == ex.response
 
 
 @pytest.mark.parametrize("fraction", [0.0, 0.25, 1.0])
@@ -106,7 +107,7 @@ def test_misleading_fraction_is_respected(fraction):
 
 def test_difficulty_knobs():
   exs = tasks.generate("arith", 50, 0, difficulty={"n_ops": 3})
-  assert all(len(e.solution.split("=")) == 4 for e in exs)
+  assert all(len(e.response.split("=")) == 4 for e in exs)
   exs = tasks.generate("sort", 50, 0, difficulty={"n_items": 4})
   assert all(len(e.answer) == 4 for e in exs)
   exs = tasks.generate("linear", 50, 0, difficulty={"x_digits": 1})

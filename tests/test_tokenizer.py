@@ -7,15 +7,16 @@ import sys
 import numpy as np
 import pytest
 
-from dopd_jax import tokenizer as tok_lib
-from dopd_jax.data import tasks
+from dopd_jax.models import tokenizer as tok_lib
+from dopd_jax.data import generated
+from dopd_jax.data.generated import tasks
 
 DOMAINS = sorted(tasks.DOMAINS)
 
 
 @pytest.fixture(scope="module")
 def corpus():
-  return tok_lib.corpus_for_tokenizer(DOMAINS, 200, seed=0)
+  return generated.corpus_for_tokenizer(DOMAINS, 200, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +34,9 @@ def test_training_is_deterministic(corpus, tok):
   again = tok_lib.train_tokenizer(corpus, vocab_size=64)
   assert again.to_bytes() == tok.to_bytes()
   # A fresh interpreter (new hash seed, fresh library state) agrees too.
-  code = ("import hashlib; from dopd_jax import tokenizer as t;"
-          f"c = t.corpus_for_tokenizer({DOMAINS!r}, 200, seed=0);"
+  code = ("import hashlib; from dopd_jax.models import tokenizer as t;"
+          "from dopd_jax.data import generated as g;"
+          f"c = g.corpus_for_tokenizer({DOMAINS!r}, 200, seed=0);"
           "print(hashlib.sha256(t.train_tokenizer(c, 64).to_bytes())"
           ".hexdigest())")
   out = subprocess.run([sys.executable, "-c", code], check=True,
@@ -68,7 +70,7 @@ def test_segments_concatenate_exactly(tok, examples):
   for ex in examples:
     for form in tasks.PRIVILEGED_FORMS:
       x, p = ex.prompt, ex.privileged[form]
-      for y in (ex.solution, ex.priv_solution):
+      for y in (ex.response, ex.priv_response):
         ids = tok.encode(x) + tok.encode(p) + tok.encode(y)
         assert tok.decode(ids) == x + p + y
         # Segment boundaries fall on spaces, so joint tokenization agrees:
@@ -78,10 +80,10 @@ def test_segments_concatenate_exactly(tok, examples):
 
 def test_round_trip_verifies_for_all_domains_and_forms(tok, examples):
   for ex in examples:
-    decoded = tok.decode(tok.encode(ex.solution) + [tok.eos_id, 5, 6])
-    assert decoded == ex.solution
+    decoded = tok.decode(tok.encode(ex.response) + [tok.eos_id, 5, 6])
+    assert decoded == ex.response
     assert tasks.verify(ex, decoded)
-    assert tok.decode(tok.encode(ex.priv_solution)) == ex.priv_solution
+    assert tok.decode(tok.encode(ex.priv_response)) == ex.priv_response
     for form in tasks.PRIVILEGED_FORMS:
       p = ex.privileged[form]
       assert tok.decode(tok.encode(p)) == p
