@@ -20,7 +20,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from dopd_jax import rollout as rollout_lib, steps
+from dopd_jax import steps
+from dopd_jax.steps import rollout as rollout_lib
 from dopd_jax.methods import LossConfig, get_method
 from dopd_jax.models import ModelConfig, Transformer
 

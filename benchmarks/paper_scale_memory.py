@@ -24,6 +24,7 @@ import json
 import os
 import pathlib
 import time
+import types
 
 if __name__ == "__main__":
     os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
@@ -33,10 +34,11 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from dopd_jax import config as config_lib, microbatch, sharding, steps, train  # noqa: E402
-from dopd_jax import rollout as rollout_lib  # noqa: E402
-from dopd_jax.methods import get_method  # noqa: E402
+from dopd_jax import sharding, steps  # noqa: E402
 from dopd_jax.models import ModelConfig, Transformer  # noqa: E402
+from dopd_jax.pipeline import distill_stage, sft_stage, specs  # noqa: E402
+from dopd_jax.steps import microbatch  # noqa: E402
+from dopd_jax.steps import rollout as rollout_lib  # noqa: E402
 
 GB = 1e9
 EXPERIMENT = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "qwen3_8b_to_1p7b.py"
@@ -84,12 +86,8 @@ def _abstract_data(c, spec):
 
 def distill_spec(c, method="dopd") -> steps.DistillSpec:
     """The step description of the config's distillation (``method``)."""
-    d = c.distill
-    sampler = rollout_lib.SamplerConfig(max_new_tokens=d.max_new_tokens, eos_id=1, pad_id=0,
-                                        temperature=d.temperature, n_samples=d.n_samples)
-    return steps.DistillSpec(get_method(method), config_lib.loss_config(d), sampler,
-                             priv_student=d.priv_student or "live",
-                             log_passes=tuple(d.log_passes))
+    tok = types.SimpleNamespace(eos_id=1, pad_id=0)  # ids only matter to the sampler's values
+    return distill_stage.make_spec(specs.run_spec(c, method), tok)
 
 
 def abstract_step(c, mesh_shape, layers=None, method="dopd"):
@@ -109,18 +107,19 @@ def abstract_step(c, mesh_shape, layers=None, method="dopd"):
     """
     cfg_t, cfg_s = model_configs(c, layers)
     (gd_t, abs_t), (gd_s, abs_s) = _abstract_model(cfg_t), _abstract_model(cfg_s)
-    opt = train.make_optimizer(c.distill.lr, c.distill.warmup_steps, c.distill.steps)
+    opt = sft_stage.make_optimizer(specs.run_spec(c, method).optim)
     spec = distill_spec(c, method)
     state = jax.eval_shape(lambda p: steps.init_state(p, opt, keep_ref=False), abs_s)
     batch, ro = _abstract_data(c, spec)
     out = dict(gd_s=gd_s, gd_t=gd_t, optimizer=opt, spec=spec, shardings=None,
-               state=state, teacher=abs_t, batch=batch, ro=ro)
+               state=state, teacher={"teacher": abs_t}, batch=batch, ro=ro)
     if mesh_shape is None:
         return out
     mesh = sharding.make_mesh(mesh_shape, devices=jax.devices()[:8])
-    sh = sharding.step_shardings(mesh, opt, state, abs_t)
+    sh = sharding.step_shardings(mesh, opt, state, {"teacher": abs_t})
     rows = lambda tree: _sds(tree, jax.tree.map(lambda _: sh.rows, tree))
-    return dict(out, shardings=sh, state=_sds(state, sh.state), teacher=_sds(abs_t, sh.teacher),
+    return dict(out, shardings=sh, state=_sds(state, sh.state),
+                teacher=_sds({"teacher": abs_t}, sh.teachers),
                 batch=rows(batch), ro=rows(ro))
 
 
@@ -135,7 +134,8 @@ def _memory(compiled, seconds) -> dict:
 def step_memory(c, mesh_shape, num_microbatches, layers=None, remat=True, method="dopd"):
     """Compiles the micro-batched step; per-device bytes by component (+ compile seconds)."""
     a = abstract_step(c, mesh_shape, layers, method)
-    step = microbatch.make_microbatched_update(a["gd_s"], a["gd_t"], a["optimizer"], a["spec"],
+    graphdefs = {"student": a["gd_s"], "teacher": a["gd_t"]}
+    step = microbatch.make_microbatched_update(graphdefs, a["optimizer"], a["spec"],
                                                num_microbatches, a["shardings"], remat=remat)
     start = time.perf_counter()
     compiled = step.lower(a["state"], a["teacher"], a["batch"], a["ro"]).compile()
@@ -147,7 +147,7 @@ def rollout_memory(c, mesh_shape, layers=None):
     a = abstract_step(c, mesh_shape, layers)
     sh = a["shardings"]
     key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=sh.replicated)
-    fn = jax.jit(lambda s, b, k: steps.rollout_step(a["gd_s"], a["spec"], s, b, k),
+    fn = jax.jit(lambda s, b, k: steps.rollout_step({"student": a["gd_s"]}, a["spec"], s, b, k),
                  **sh.jit_kwargs("rollout"))
     start = time.perf_counter()
     compiled = fn.lower(a["state"], a["batch"], key).compile()

@@ -28,8 +28,10 @@ import tempfile
 import jax
 import numpy as np
 
-from dopd_jax import analysis, config as config_lib, distill_stage, routing, stages
-from dopd_jax.metric_writer import MetricWriter
+from dopd_jax.losses import routing
+from dopd_jax.pipeline import analysis, config_checks, context, distill_stage, sft_stage
+from dopd_jax.pipeline import config as config_lib
+from dopd_jax.trainer.metric_writer import MetricWriter
 
 workdir = os.environ.get("DOPD_WORKDIR", "runs/main")
 if os.path.exists(os.path.join(workdir, "student_init")):
@@ -42,11 +44,12 @@ else:
 print("workdir:", workdir, "(smoke stages)" if smoke else "")
 
 # %%
-ctx = stages.build_context(cfg, workdir, print)
-progress = stages.Progress(cfg.teacher.steps + cfg.student.steps)
+exp = config_checks.validate(cfg)  # the config read once into typed specs
+ctx = context.build_context(exp, workdir, print)
+progress = context.Progress(exp.teacher.steps + exp.student.steps)
 writer = MetricWriter(workdir, tensorboard=False)
-teacher = stages.teacher_stage(ctx, writer, progress)
-student = stages.student_stage(ctx, writer, progress)
+teacher = sft_stage.model_stage(ctx, exp.teacher, writer, progress)
+student = sft_stage.model_stage(ctx, exp.student, writer, progress)
 progress.close()
 
 # %% [markdown]
@@ -54,8 +57,9 @@ progress.close()
 # Larger batches give steadier batch reference values (`A_bar`, `qS_bar`, `qT_bar`).
 
 # %%
-spec = distill_stage.make_spec(cfg.distill, "dopd", ctx.tok)
-examples, batch = next(distill_stage.distill_batches(ctx, seed=1234))
+run = next(r for r in exp.runs if r.name == "dopd")
+spec = distill_stage.make_spec(run, ctx.tok)
+examples, batch = next(distill_stage.distill_batches(ctx, ctx.task.train(run.batch_prompts, 1234)))
 stats = analysis.capture_token_stats(spec, student, teacher, batch, examples, jax.random.key(0))
 print({k: v.shape for k, v in stats.items()})
 print("misleading rows:", int(stats["misleading"].sum()), "of", len(stats["misleading"]))

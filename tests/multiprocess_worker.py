@@ -14,7 +14,7 @@ from flax import nnx
 
 from dopd_jax.steps import rollout as rollout_lib
 from dopd_jax import sharding, steps
-from dopd_jax.methods import LossConfig, get_method
+from dopd_jax.methods import get_method
 from dopd_jax.models import ModelConfig, Transformer
 
 V, ROWS, STEPS = 24, 8, 2
@@ -30,7 +30,8 @@ def _batches():
     """The global SFT and distillation batches (NumPy, identical in every process)."""
     rng = np.random.default_rng(0)
     ids = rng.integers(4, V, size=(ROWS, 9)).astype(np.int32)
-    sft = steps.SFTBatch(ids[:, :-1], ids[:, 1:], np.arange(8)[None].repeat(ROWS, 0) >= 3)
+    sft = steps.SFTBatch(ids[:, :-1], ids[:, 1:], np.arange(8)[None].repeat(ROWS, 0) >= 3,
+                         np.ones((ROWS, 8), bool))
     prompt = rng.integers(4, V, size=(ROWS, 5)).astype(np.int32)
     priv = rng.integers(4, V, size=(ROWS, 8)).astype(np.int32)
     distill = steps.DistillBatch(prompt, np.ones(prompt.shape, bool), priv,
@@ -40,7 +41,8 @@ def _batches():
 
 def _spec() -> steps.DistillSpec:
     sampler = rollout_lib.SamplerConfig(max_new_tokens=5, eos_id=1, pad_id=0, n_samples=2)
-    return steps.DistillSpec(get_method("dopd"), LossConfig(top_k=8), sampler, log_passes=())
+    return steps.DistillSpec(get_method("dopd"), get_method("dopd").make_config({"top_k": 8}),
+                             sampler, log_passes=(), diag_top_k=8)
 
 
 def _to_device(batch, mesh):
@@ -75,19 +77,19 @@ def run_steps(mesh=None) -> dict:
     gt, pt = _init(_model_cfg(24), 1, mesh, from_abstract=False)
     state = (steps.init_state(ps, opt, keep_ref=False) if mesh is None
              else sharding.init_state_sharded(ps, opt, mesh, keep_ref=False))
-    sh = None if mesh is None else sharding.step_shardings(mesh, opt, state, pt)
+    sh = None if mesh is None else sharding.step_shardings(mesh, opt, state, {"teacher": pt})
     out = {"sft_loss": [], "distill_loss": [], "distill_kl": []}
     sft_fn = steps.make_sft_fn(gs, opt, shardings=sh)
     batch = _to_device(sft_batch, mesh)
     for _ in range(STEPS):
         state, m = sft_fn(state, batch)
         out["sft_loss"].append(float(m["loss"]))
-    fns = steps.make_distill_fns(gs, gt, opt, _spec(), shardings=sh)
+    fns = steps.make_distill_fns({"student": gs, "teacher": gt}, opt, _spec(), shardings=sh)
     batch = _to_device(distill_batch, mesh)
     key = jax.random.key(0)
     for _ in range(STEPS):
         ro = fns.rollout(state, batch, key)
-        state, m = fns.update(state, ro, fns.score(state, pt, batch, ro))
+        state, m = fns.update(state, ro, fns.score(state, {"teacher": pt}, batch, ro))
         out["distill_loss"].append(float(m["loss"]))
         out["distill_kl"].append(float(m["kl_to_priv_teacher"]))
     return out

@@ -87,7 +87,10 @@ def test_changed_stage_config_is_refused(smoke_run):
 @pytest.mark.parametrize("override,message", [
     ("--config.distill.stpes=3", "stpes"),
     ("--config.distill.temperature=0", "config.distill.temperature"),
-    ("--config.distill.loss.top_k=0", "config.distill.loss.top_k"),
+    ("--config.method_args.dopd.top_k=0", "config.method_args.dopd"),
+    ("--config.task.source=csv", "unknown source 'csv'"),
+    ("--config.task.verifier=nope", "unknown verifier 'nope'"),
+    ("--config.distill.methods=('opd','no_such.module:M')", "cannot import module"),
     ("--config.distill.methods=('opd','dopd2')", "unknown method 'dopd2'"),
 ])
 def test_cli_rejects_bad_config_before_compiling(tmp_path, override, message):
@@ -118,7 +121,7 @@ def test_prompt_longer_than_maximum_fails_before_training(tmp_path):
     c = _smoke_config()
     c.task.max_prompt_len = 6
     with pytest.raises(ValueError, match="max_prompt_len"):
-        stages.build_context(c, str(tmp_path), print)
+        stages.build_context(validation.validate(c), str(tmp_path), print)
     assert not (tmp_path / "teacher").exists()
 
 

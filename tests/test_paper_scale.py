@@ -61,7 +61,8 @@ def test_paper_config_is_qwen3_8b_to_1p7b_with_paper_hyperparameters(bench, expe
     assert teacher == hf_config.config_from_hf(QWEN3_8B)
     assert student == hf_config.config_from_hf(QWEN3_1P7B)
     d = c.distill
-    assert (d.lr, d.steps, d.batch_prompts, d.n_samples, d.loss.top_k) == (5e-6, 200, 128, 4, 128)
+    assert (d.lr, d.steps, d.batch_prompts, d.n_samples, c.method_args.dopd.top_k) == (
+        5e-6, 200, 128, 4, 128)
     assert {"dopd", "opd"} <= set(d.methods)
     assert (c.task.max_prompt_len, c.task.max_priv_len, d.max_new_tokens) == (1024, 2048, 2048)
     assert jax.device_count() == 8  # the paper mesh below is built on these

@@ -36,10 +36,6 @@ from dopd_jax.pipeline import config as config_lib
 def get_config(arg=None):
     c = config_lib.base_config()
     config_lib.shrink_to_smoke(c)
-    with c.unlocked():  # until config.py carries the checkpoint fields
-        for stage in ("teacher", "student", "distill"):
-            if "checkpoint_every" not in c[stage]:
-                c[stage].checkpoint_every = 2
     c.teacher.checkpoint_every = c.student.checkpoint_every = c.distill.checkpoint_every = 2
     c.distill.steps, c.distill.methods = 8, ("dopd",)
     return c
@@ -173,8 +169,8 @@ def _count_fn(state, batch):
 
 def _batches():
     while True:
-        yield {"inputs_BL": np.ones((1, 2), np.int32), "targets_BL": np.ones((1, 2), np.int32),
-               "loss_mask_BL": np.ones((1, 2), bool)}
+        yield steps_lib.SFTBatch(np.ones((1, 2), np.int32), np.ones((1, 2), np.int32),
+                                 np.ones((1, 2), bool), np.ones((1, 2), bool))
 
 
 def test_run_sft_checkpoints_every_n_and_at_end_after_flushing_metrics():

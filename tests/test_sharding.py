@@ -13,7 +13,7 @@ from jax.sharding import AxisType, PartitionSpec as P
 from dopd_jax.steps import rollout as rollout_lib
 from dopd_jax import sharding, steps
 from dopd_jax.sharding import rules as sharding_rules
-from dopd_jax.methods import LossConfig, get_method
+from dopd_jax.methods import get_method
 from dopd_jax.models import ModelConfig, Transformer
 
 V = 24
@@ -117,7 +117,8 @@ def test_optimizer_state_follows_param_shardings():
 
 def _sft_batch(rows):
     ids = np.random.default_rng(0).integers(4, V, size=(rows, 9)).astype(np.int32)
-    return steps.SFTBatch(ids[:, :-1], ids[:, 1:], np.arange(8)[None].repeat(rows, 0) >= 3)
+    return steps.SFTBatch(ids[:, :-1], ids[:, 1:], np.arange(8)[None].repeat(rows, 0) >= 3,
+                          np.ones((rows, 8), bool))
 
 
 def test_batch_placement_and_row_errors():
@@ -178,7 +179,7 @@ def _run(mesh_shape, n_distill=3):
     if mesh is not None:
         pt = sharding.shard_params(pt, mesh)
         state = sharding.init_state_sharded(ps, opt, mesh, keep_ref=False)
-        sh = sharding.step_shardings(mesh, opt, state, pt)
+        sh = sharding.step_shardings(mesh, opt, state, {"teacher": pt})
     place = (lambda b: b) if mesh is None else (lambda b: sharding.shard_batch(b, mesh))
     out = {"sft": [], "distill": [], "frac_HS": []}
     sft_fn = steps.make_sft_fn(gs, opt, shardings=sh)
@@ -186,8 +187,9 @@ def _run(mesh_shape, n_distill=3):
         state, m = sft_fn(state, place(_sft_batch(8)))
         out["sft"].append(float(m["loss"]))
     sampler = rollout_lib.SamplerConfig(max_new_tokens=5, eos_id=1, pad_id=0, n_samples=2)
-    spec = steps.DistillSpec(get_method("dopd"), LossConfig(top_k=8), sampler, log_passes=())
-    fns = steps.make_distill_fns(gs, gt, opt, spec, shardings=sh)
+    spec = steps.DistillSpec(get_method("dopd"), get_method("dopd").make_config({"top_k": 8}),
+                             sampler, log_passes=(), diag_top_k=8)
+    fns = steps.make_distill_fns({"student": gs, "teacher": gt}, opt, spec, shardings=sh)
     log = _CompileLog()
     logging.getLogger("jax").addHandler(log)
     try:
@@ -195,7 +197,7 @@ def _run(mesh_shape, n_distill=3):
             with jax.log_compiles(i > 0):  # new data, same shapes: must not recompile
                 batch = place(_distill_batch(i))
                 ro = fns.rollout(state, batch, jax.random.key(7))
-                old, (state, m) = state, fns.update(state, ro, fns.score(state, pt, batch, ro))
+                old, (state, m) = state, fns.update(state, ro, fns.score(state, {"teacher": pt}, batch, ro))
                 out["distill"].append(float(m["loss"]))
                 out["frac_HS"].append(float(m["frac_HS"]))
     finally:

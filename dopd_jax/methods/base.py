@@ -136,7 +136,10 @@ def build_config(cls: type, overrides: Mapping[str, Any], where: str):
     if unknown:
         raise ValueError(f"{where}: unknown field(s) {unknown}; valid: {sorted(fields)}")
     kw = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
-    return cls(**kw)
+    try:
+        return cls(**kw)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{where}: {e}") from e
 
 
 def config_defaults(cls: type) -> dict:

@@ -57,7 +57,14 @@ def _validate_model(key: str, m: ModelSpec) -> None:
 
 
 def _validate_run(r: RunSpec) -> None:
-    key = f"distill ({r.name})"
+    try:
+        _check_run(r)
+    except ValueError as e:
+        raise ValueError(f"{e} (run {r.name!r})") from e
+
+
+def _check_run(r: RunSpec) -> None:
+    key = "distill"
     _check(r.temperature > 0, f"{key}.temperature", f"must be > 0, got {r.temperature}")
     _check(0 < r.top_p <= 1, f"{key}.top_p", f"must be in (0, 1], got {r.top_p}")
     _check(r.top_k >= 0, f"{key}.top_k", f"must be >= 0 (0 = off), got {r.top_k}")

@@ -37,7 +37,7 @@ def _resume_config(ctx: Context, run: RunSpec, teacher: Model, student: Model) -
     kept = {k: v for k, v in run.to_json().items()
             if k not in ("checkpoint_every", "eval_every", "eval_n")}
     # The frozen teacher is not saved with the run: it is named by its parameters' digest.
-    return {"run": kept, "seed": ctx.spec.seed, "task": dataclasses.asdict(ctx.spec.task),
+    return {"distill": kept, "seed": ctx.spec.seed, "task": dataclasses.asdict(ctx.spec.task),
             "teacher_model": dataclasses.asdict(teacher.config),
             "teacher_params": params_io.tree_digest(teacher.params),
             "student_model": dataclasses.asdict(student.config),
@@ -57,11 +57,11 @@ def distill_batches(ctx: Context, stream):
         yield examples, sharding.to_global_batch(batch, ctx.mesh)
 
 
-def check_vocab(teacher: Model, student: Model) -> None:
+def check_vocab(teacher_cfg, student_cfg) -> None:
     """Teacher and student must share a vocabulary (ids index the same tokens)."""
-    if teacher.config.vocab_size != student.config.vocab_size:
-        raise ValueError(f"teacher vocab_size {teacher.config.vocab_size} != student vocab_size "
-                         f"{student.config.vocab_size}: distillation needs one shared vocabulary")
+    if teacher_cfg.vocab_size != student_cfg.vocab_size:
+        raise ValueError(f"teacher vocab_size {teacher_cfg.vocab_size} != student vocab_size "
+                         f"{student_cfg.vocab_size}: distillation needs one shared vocabulary")
 
 
 def eval_sampler(ctx: Context, graphdef, k: int = 1):
@@ -144,7 +144,7 @@ def distill_stage(ctx: Context, run: RunSpec, teacher: Model, student: Model, wr
     Returns:
       the evaluation summary: accuracies, end-of-run metric means, warnings.
     """
-    check_vocab(teacher, student)
+    check_vocab(teacher.config, student.config)
     spec = make_spec(run, ctx.tok)
     progress.stage(f"distill/{run.name}")
     seed = ctx.spec.seed

@@ -186,7 +186,7 @@ def resolve_run(c, name: str) -> tuple[Method, dict, ml_collections.ConfigDict, 
 
 def run_spec(c, name: str) -> RunSpec:
     method, args, d, label = resolve_run(c, name)
-    config = method.make_config(args, f"config for run {name!r} ({method.name})")
+    config = method.make_config(args, f"config.method_args.{method.name} (run {name!r})")
     return RunSpec(
         name=name, label=label, method=method, config=config, steps=d.steps, batch_prompts=d.batch_prompts,
         n_samples=d.n_samples, optim=_optim(d, d.steps), max_new_tokens=d.max_new_tokens,
