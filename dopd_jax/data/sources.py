@@ -66,15 +66,32 @@ class TaskData:
       verifier: ``(example, response_text) -> bool``.
       corpus: ``() -> texts`` for training a tokenizer.
       train_sample: a few hundred training examples for up-front checks.
-      train_size: number of training examples (None for an infinite stream).
+      train_examples: ``() -> every training example`` of a finite source
+        (None for an infinite stream); ``train(..., keep=indices)`` then
+        streams only those rows.
     """
 
-    train: Callable[[int, int], Any]
+    train: Callable[..., Any]
     eval_sets: dict[str, list[Example]]
     verifier: Callable[[Example, str], bool]
     corpus: Callable[[], list[str]]
     train_sample: list[Example]
-    train_size: int | None = None
+    train_examples: Callable[[], list[Example]] | None = None
+
+
+class Subset:
+    """Rows ``indices`` of a random-access source (for grain: ``len`` and ``[i]``)."""
+
+    def __init__(self, source, indices):
+        self._source, self._indices = source, list(indices)
+        self.dataset_info = getattr(source, "dataset_info", None)
+        self.split = getattr(source, "split", None)
+
+    def __len__(self) -> int:
+        return len(self._indices)
+
+    def __getitem__(self, i):
+        return self._source[self._indices[i]]
 
 
 def example_texts(examples) -> list[str]:
@@ -146,15 +163,17 @@ def tfds_task(spec: TaskSpec, seed: int, workdir: str = "", *, data_dir: str = "
     if not evals:
         raise ValueError(f"dataset {name} in {data_dir} has no evaluation split")
 
-    def train(batch_size, stream_seed):
-        return tfds_io.TrainIterator(splits["train"], batch_size=batch_size, seed=stream_seed)
+    def train(batch_size, stream_seed, keep=None):
+        source = splits["train"] if keep is None else Subset(splits["train"], keep)
+        return tfds_io.TrainIterator(source, batch_size=batch_size, seed=stream_seed)
 
-    sample = [tfds_io.to_example(splits["train"][i]) for i in range(min(256, len(splits["train"])))]
+    train_split = splits["train"]
+    sample = [tfds_io.to_example(train_split[i]) for i in range(min(256, len(train_split)))]
     return TaskData(
         train=train, eval_sets=evals, verifier=_verifier(spec, default=verifiers.VERIFIERS["exact"]),
-        corpus=lambda: example_texts(tfds_io.eval_examples(splits["train"]))
+        corpus=lambda: example_texts(tfds_io.eval_examples(train_split))
         + example_texts(ex for exs in evals.values() for ex in exs),
-        train_sample=sample, train_size=len(splits["train"]))
+        train_sample=sample, train_examples=lambda: tfds_io.eval_examples(train_split))
 
 
 JSONL_DATASET = "jsonl_task"  # the TFDS name of a jsonl task under WORKDIR/data
@@ -165,7 +184,7 @@ def jsonl_task(spec: TaskSpec, seed: int, workdir: str) -> TaskData:
     from dopd_jax.data import tfds_io
 
     data_dir = os.path.join(workdir, "data")
-    if not tfds_io.dataset_exists(data_dir, JSONL_DATASET):
+    if not os.path.exists(tfds_io.dataset_dir(data_dir, JSONL_DATASET)):
         raise ValueError(f"{data_dir} holds no prepared dataset; call "
                          "sources.prepare_jsonl(spec, workdir) first")
     return tfds_task(spec, seed, workdir, data_dir=data_dir, name=JSONL_DATASET)
@@ -176,7 +195,7 @@ def prepare_jsonl(spec: TaskSpec, workdir: str) -> None:
     from dopd_jax.data import tfds_io
 
     data_dir = os.path.join(workdir, "data")
-    if not tfds_io.dataset_exists(data_dir, JSONL_DATASET):
+    if not os.path.exists(tfds_io.dataset_dir(data_dir, JSONL_DATASET)):
         tfds_io.write_dataset(jsonl_splits(spec), name=JSONL_DATASET, data_dir=data_dir,
                               description=f"{spec.train_path}, {spec.test_path}")
 

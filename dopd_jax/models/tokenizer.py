@@ -109,7 +109,7 @@ class Tokenizer:
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 64, *,
-                    max_piece_length: int = 8) -> Tokenizer:
+                    max_piece_length: int = 8, hard_vocab_limit: bool = True) -> Tokenizer:
   """Trains a BPE tokenizer in memory.
 
   Args:
@@ -117,6 +117,8 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 64, *,
     vocab_size: total number of ids, the 4 special ids included. Must be at
       least the number of distinct characters + 4; larger values add merges.
     max_piece_length: longest piece in characters.
+    hard_vocab_limit: False makes vocab_size an upper bound (a small corpus
+      then gives fewer pieces instead of an error).
 
   Returns:
     The trained Tokenizer.
@@ -138,7 +140,9 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 64, *,
         byte_fallback=False, num_threads=1, input_sentence_size=0,
         shuffle_input_sentence=False,
         max_sentencepiece_length=max_piece_length, pad_id=PAD_ID,
-        eos_id=EOS_ID, bos_id=BOS_ID, unk_id=UNK_ID, minloglevel=2)
+        eos_id=EOS_ID, bos_id=BOS_ID, unk_id=UNK_ID, minloglevel=2,
+        # Only when relaxed: the default leaves the model proto byte-identical.
+        **({} if hard_vocab_limit else {"hard_vocab_limit": False}))
   except RuntimeError as e:  # e.g. more pieces asked than the corpus has
     raise ValueError(f"SentencePiece training failed for vocab_size="
                      f"{vocab_size}: {e}") from e

@@ -60,7 +60,8 @@ def base_config() -> ml_collections.ConfigDict:
                   domain="arith", difficulty="", misleading_fraction=0.2, n_test=1000,
                   n_hard=1000, corpus_size=3000,
                   train_path="", test_path="", test2_path="", data_dir="", name="")
-    c.tokenizer = dict(vocab_size=64)
+    # SentencePiece trained on the task's texts; hard_vocab_limit=False: vocab_size is a cap.
+    c.tokenizer = dict(vocab_size=64, hard_vocab_limit=True)
     # Model sources: "scratch" (build + SFT below) or "workdir:PATH" (a previous run's).
     c.teacher = _sft_stage(model_config(96, 3, 4, 2, 256), 1200, **_optim(3e-3, 50))
     # 800 warm-up steps leave the student at ~10% test accuracy (~34% given p):

@@ -100,7 +100,8 @@ def load_tokenizer(spec: ExperimentSpec, workdir: str, task: sources.TaskData) -
             raise ValueError(f"model source workdir has no tokenizer: {restored} not found")
         tok = Tokenizer.load(restored)
     else:  # deterministic: every process trains the same tokenizer
-        tok = train_tokenizer(task.corpus(), vocab_size=spec.tokenizer_vocab_size)
+        tok = train_tokenizer(task.corpus(), vocab_size=spec.tokenizer_vocab_size,
+                              hard_vocab_limit=spec.tokenizer_hard_limit)
     if jax.process_index() == 0:
         tok.save(path) if restored is None else shutil.copyfile(restored, path)
     return tok

@@ -10,6 +10,7 @@ evaluation sets (and of a finite training split) with a report.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 from dopd_jax.data import encode, jsonl, sources, verifiers
 from dopd_jax.data.example import Example
@@ -73,16 +74,28 @@ def _check_fields(spec: ExperimentSpec, task: sources.TaskData) -> None:
             verifiers.check_answers(examples, f"evaluation set {name!r}")
 
 
+def _check_train(spec: ExperimentSpec, task: sources.TaskData, tok, log) -> sources.TaskData:
+    if task.train_examples is None:  # an infinite stream: check a sample, skip nothing
+        bad = overlength_rows(task.train_sample, tok, spec, sft=True)
+        if bad:
+            first = min(bad)
+            raise ValueError(f"training data: {len(bad)} of {len(task.train_sample)} sampled "
+                             f"rows exceed the configured lengths (row {first}: {bad[first]}); "
+                             "an infinite generated stream cannot skip rows: raise the limits")
+        return task
+    examples = task.train_examples()
+    bad = overlength_rows(examples, tok, spec, sft=True)
+    _apply_limit("training data", examples, bad, spec, log)
+    if not bad:
+        return task
+    keep = [i for i in range(len(examples)) if i not in bad]
+    return dataclasses.replace(task, train=functools.partial(task.train, keep=keep))
+
+
 def check_task(spec: ExperimentSpec, task: sources.TaskData, tok, log) -> sources.TaskData:
     """Checks fields, forms and lengths; returns the task with left-out rows removed."""
     _check_fields(spec, task)
-    bad = overlength_rows(task.train_sample, tok, spec, sft=True)
-    if bad and task.train_size is None:
-        first = min(bad)
-        raise ValueError(f"training data: {len(bad)} of {len(task.train_sample)} sampled rows "
-                         f"exceed the configured lengths (row {first}: {bad[first]}); an "
-                         "infinite generated stream cannot skip rows: raise the limits")
-    _apply_limit("training data", task.train_sample, bad, spec, log)
+    task = _check_train(spec, task, tok, log)
     evals = {name: _apply_limit(f"evaluation set {name!r}", examples,
                                 overlength_rows(examples, tok, spec, sft=False), spec, log)
              for name, examples in task.eval_sets.items()}

@@ -8,6 +8,7 @@ previous experiment under PATH, its shape read from PATH/config.json.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 from typing import Any
@@ -76,12 +77,11 @@ def _restored(ctx: Context, m: ModelSpec) -> Model:
     return _load_into(ctx, model, os.path.join(root, m.name))
 
 
-def _sft_batches(ctx: Context, m: ModelSpec, stream):
-    """SFT batches of ``stream``; the p-dropout draws of batch i use the seed (seed, i),
-    so a resumed stream reproduces them. Every process builds the whole batch and
-    feeds its own rows (``sharding.to_global_batch``)."""
-    while True:
-        index = stream.get_state()["next_batch"]
+def _sft_batches(ctx: Context, m: ModelSpec, stream, start: int):
+    """SFT batches of ``stream`` from step ``start``; the p-dropout draws of batch i use
+    the seed (seed, i), so a resumed stream reproduces them. Every process builds the
+    whole batch and feeds its own rows (``sharding.to_global_batch``)."""
+    for index in itertools.count(start):
         batch = encode.encode_sft(next(stream), ctx.tok, p_dropout=m.p_dropout,
                                   rng=np.random.default_rng([m.seed, index]),
                                   max_len=m.max_len, form=ctx.spec.task.sft_forms)
@@ -115,7 +115,7 @@ def _train(ctx: Context, m: ModelSpec, writer, progress) -> Model:
                 checkpoint=lambda s, st: ckpt.save(s, st, None, {"stream": stream.get_state()}),
                 checkpoint_every=m.checkpoint_every, stop_requested=stop)
             sft_fn = make_sft_fn(model.graphdef, opt, sharding.step_shardings(ctx.mesh, opt, state))
-            state = loop.run_sft(sft_fn, state, _sft_batches(ctx, m, stream), m.steps, hooks,
+            state = loop.run_sft(sft_fn, state, _sft_batches(ctx, m, stream, start), m.steps, hooks,
                                  start_step=start)
     return dataclasses.replace(model, params=state.params)
 

@@ -102,6 +102,7 @@ class ExperimentSpec:
     mesh: tuple[tuple[str, int], ...]
     checkpoint_keep: int
     tokenizer_vocab_size: int
+    tokenizer_hard_limit: bool
     task: TaskSpec
     teacher: ModelSpec
     student: ModelSpec
@@ -113,6 +114,7 @@ class ExperimentSpec:
         return json.loads(json.dumps({
             "seed": self.seed, "task": dataclasses.asdict(self.task),
             "tokenizer_vocab_size": self.tokenizer_vocab_size,
+            "tokenizer_hard_limit": self.tokenizer_hard_limit,
             "teacher": dataclasses.asdict(self.teacher),
             "student": dataclasses.asdict(self.student)}))
 
@@ -203,7 +205,8 @@ def experiment_spec(c: ml_collections.ConfigDict) -> ExperimentSpec:
         raise ValueError(f"config.distill.methods: duplicate entries in {names}")
     return ExperimentSpec(
         seed=c.seed, mesh=tuple(c.mesh.to_dict().items()), checkpoint_keep=c.checkpoint_keep,
-        tokenizer_vocab_size=c.tokenizer.vocab_size, task=task_spec(c),
+        tokenizer_vocab_size=c.tokenizer.vocab_size,
+        tokenizer_hard_limit=c.tokenizer.hard_vocab_limit, task=task_spec(c),
         teacher=_model(c, "teacher", "teacher", c.seed + 100),
         student=_model(c, "student", "student_init", c.seed + 200),
         runs=tuple(run_spec(c, n) for n in names),
