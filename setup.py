@@ -1,4 +1,5 @@
 """dopd_jax: on-policy distillation (DOPD, MOPD, OPD, GKD, OPSD) in JAX/Flax NNX."""
+
 import setuptools
 
 INSTALL_REQUIRES = [
@@ -20,7 +21,7 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS = {
-    "test": ["pytest==9.2.0", "chex==0.1.92"],
+    "test": ["pytest==9.2.0", "chex==0.1.92", "ruff==0.14.0"],
     "notebooks": ["jupytext==1.19.6", "matplotlib==3.11.2"],
     # PyTorch CPU build (lies on the CI disk); an unpinned torch pulls CUDA.
     "compare": ["torch==2.13.0", "transformers==5.23.0", "safetensors==0.8.0"],

@@ -7,6 +7,7 @@ Models are the main experiment's sizes (teacher 3x d96, student 2x d64, V=64,
 of ``--repeats`` calls after a compile-and-warm-up call, on whatever devices
 JAX sees; the report gives DOPD / OPD as a ratio measured in the same run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,16 +22,24 @@ import optax
 from flax import nnx
 
 from dopd_jax import steps
-from dopd_jax.steps import rollout as rollout_lib
 from dopd_jax.methods import LossConfig, get_method
 from dopd_jax.models import ModelConfig, Transformer
+from dopd_jax.steps import rollout as rollout_lib
 
 V, P, Q, T = 64, 16, 32, 32
 
 
 def _model(seed, d, layers, d_ff):
-    cfg = ModelConfig(vocab_size=V, d_model=d, n_layers=layers, n_heads=4, n_kv_heads=2,
-                      head_dim=d // 4, d_ff=d_ff, qk_norm=True)
+    cfg = ModelConfig(
+        vocab_size=V,
+        d_model=d,
+        n_layers=layers,
+        n_heads=4,
+        n_kv_heads=2,
+        head_dim=d // 4,
+        d_ff=d_ff,
+        qk_norm=True,
+    )
     return nnx.split(Transformer(cfg, rngs=nnx.Rngs(seed)))
 
 
@@ -61,8 +70,7 @@ def bench(repeats: int, batch_prompts: int = 16, n_samples: int = 4) -> dict:
     gt, pt = _model(1, 96, 3, 256)
     batch = _batch(np.random.default_rng(0), batch_prompts)
     # eos_id outside the vocabulary: every row decodes all T tokens (a fixed workload).
-    sampler = rollout_lib.SamplerConfig(max_new_tokens=T, eos_id=V, pad_id=0,
-                                        n_samples=n_samples)
+    sampler = rollout_lib.SamplerConfig(max_new_tokens=T, eos_id=V, pad_id=0, n_samples=n_samples)
     opt = optax.adamw(1e-4)
     out = {"devices": str(jax.devices()), "rows": batch_prompts * n_samples, "new_tokens": T}
     for name in ("opd", "dopd"):

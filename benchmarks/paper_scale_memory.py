@@ -15,6 +15,7 @@ takes ~30 s whatever the depth. The sampler (``--rollout``) unrolls its layers
 (``Transformer.decode``) and compiles in ~15 s. XLA:CPU keeps bf16 math in
 float32 (no native bf16), so temp over-estimates GPU/TPU memory.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,16 +56,19 @@ def paper_config(arg=None):
 
 def model_configs(c, layers=None) -> tuple[ModelConfig, ModelConfig]:
     """Teacher and student ModelConfigs, optionally at depths ``layers = (t, s)``."""
-    cfgs = [ModelConfig(vocab_size=c.hf.vocab_size, **c[role].model.to_dict())
-            for role in ("teacher", "student")]
+    cfgs = [
+        ModelConfig(vocab_size=c.hf.vocab_size, **c[role].model.to_dict())
+        for role in ("teacher", "student")
+    ]
     if layers is not None:
         cfgs = [dataclasses.replace(m, n_layers=n) for m, n in zip(cfgs, layers)]
     return cfgs[0], cfgs[1]
 
 
 def _sds(abstract, shardings):
-    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                        abstract, shardings)
+    return jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings
+    )
 
 
 def _abstract_model(cfg):
@@ -76,11 +80,20 @@ def _abstract_data(c, spec):
     prompts, rows = c.distill.batch_prompts, c.distill.batch_prompts * spec.sampler.n_samples
     p, q, t = c.task.max_prompt_len, c.task.max_priv_len, spec.sampler.max_new_tokens
     s = jax.ShapeDtypeStruct
-    batch = steps.DistillBatch(s((prompts, p), jnp.int32), s((prompts, p), bool),
-                               s((prompts, q), jnp.int32), s((prompts, q), bool))
-    ro = rollout_lib.Rollout(s((rows, p), jnp.int32), s((rows, p), bool),
-                             s((rows, t), jnp.int32), s((rows, t), bool),
-                             s((rows, t), jnp.float32), s((rows,), bool))
+    batch = steps.DistillBatch(
+        s((prompts, p), jnp.int32),
+        s((prompts, p), bool),
+        s((prompts, q), jnp.int32),
+        s((prompts, q), bool),
+    )
+    ro = rollout_lib.Rollout(
+        s((rows, p), jnp.int32),
+        s((rows, p), bool),
+        s((rows, t), jnp.int32),
+        s((rows, t), bool),
+        s((rows, t), jnp.float32),
+        s((rows,), bool),
+    )
     return batch, ro
 
 
@@ -111,22 +124,40 @@ def abstract_step(c, mesh_shape, layers=None, method="dopd"):
     spec = distill_spec(c, method)
     state = jax.eval_shape(lambda p: steps.init_state(p, opt, keep_ref=False), abs_s)
     batch, ro = _abstract_data(c, spec)
-    out = dict(gd_s=gd_s, gd_t=gd_t, optimizer=opt, spec=spec, shardings=None,
-               state=state, teacher={"teacher": abs_t}, batch=batch, ro=ro)
+    out = dict(
+        gd_s=gd_s,
+        gd_t=gd_t,
+        optimizer=opt,
+        spec=spec,
+        shardings=None,
+        state=state,
+        teacher={"teacher": abs_t},
+        batch=batch,
+        ro=ro,
+    )
     if mesh_shape is None:
         return out
     mesh = sharding.make_mesh(mesh_shape, devices=jax.devices()[:8])
     sh = sharding.step_shardings(mesh, opt, state, {"teacher": abs_t})
     rows = lambda tree: _sds(tree, jax.tree.map(lambda _: sh.rows, tree))
-    return dict(out, shardings=sh, state=_sds(state, sh.state),
-                teacher=_sds({"teacher": abs_t}, sh.teachers),
-                batch=rows(batch), ro=rows(ro))
+    return dict(
+        out,
+        shardings=sh,
+        state=_sds(state, sh.state),
+        teacher=_sds({"teacher": abs_t}, sh.teachers),
+        batch=rows(batch),
+        ro=rows(ro),
+    )
 
 
 def _memory(compiled, seconds) -> dict:
     m = compiled.memory_analysis()
-    row = {"arguments": m.argument_size_in_bytes, "outputs": m.output_size_in_bytes,
-           "temp": m.temp_size_in_bytes, "alias": m.alias_size_in_bytes}
+    row = {
+        "arguments": m.argument_size_in_bytes,
+        "outputs": m.output_size_in_bytes,
+        "temp": m.temp_size_in_bytes,
+        "alias": m.alias_size_in_bytes,
+    }
     row["total"] = row["arguments"] + row["outputs"] + row["temp"] - row["alias"]
     return dict(row, compile_s=seconds)
 
@@ -135,8 +166,9 @@ def step_memory(c, mesh_shape, num_microbatches, layers=None, remat=True, method
     """Compiles the micro-batched step; per-device bytes by component (+ compile seconds)."""
     a = abstract_step(c, mesh_shape, layers, method)
     graphdefs = {"student": a["gd_s"], "teacher": a["gd_t"]}
-    step = microbatch.make_microbatched_update(graphdefs, a["optimizer"], a["spec"],
-                                               num_microbatches, a["shardings"], remat=remat)
+    step = microbatch.make_microbatched_update(
+        graphdefs, a["optimizer"], a["spec"], num_microbatches, a["shardings"], remat=remat
+    )
     start = time.perf_counter()
     compiled = step.lower(a["state"], a["teacher"], a["batch"], a["ro"]).compile()
     return _memory(compiled, time.perf_counter() - start)
@@ -147,8 +179,10 @@ def rollout_memory(c, mesh_shape, layers=None):
     a = abstract_step(c, mesh_shape, layers)
     sh = a["shardings"]
     key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=sh.replicated)
-    fn = jax.jit(lambda s, b, k: steps.rollout_step({"student": a["gd_s"]}, a["spec"], s, b, k),
-                 **sh.jit_kwargs("rollout"))
+    fn = jax.jit(
+        lambda s, b, k: steps.rollout_step({"student": a["gd_s"]}, a["spec"], s, b, k),
+        **sh.jit_kwargs("rollout"),
+    )
     start = time.perf_counter()
     compiled = fn.lower(a["state"], a["batch"], key).compile()
     return _memory(compiled, time.perf_counter() - start)
@@ -175,19 +209,23 @@ def _print_row(label, m, row):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rollout", action="store_true",
-                    help="also the sampler, for 128, 32, 16 and 8 prompts per call")
+    ap.add_argument(
+        "--rollout",
+        action="store_true",
+        help="also the sampler, for 128, 32, 16 and 8 prompts per call",
+    )
     ap.add_argument("--out", default="")
     args = ap.parse_args()
     c = paper_config()
-    print(f"{'plan':<22} {'M':>4} " + " ".join(f"{k + ' GB':>9}" for k in KEYS)
-          + f" {'compile s':>9}")
+    print(
+        f"{'plan':<22} {'M':>4} " + " ".join(f"{k + ' GB':>9}" for k in KEYS) + f" {'compile s':>9}"
+    )
     rows = []
     for label, mesh_shape, m, remat in PLANS:
         row = step_memory(c, mesh_shape, m, remat=remat)
         _print_row(label, m, row)
         rows.append(dict(row, plan=label, mesh=mesh_shape, microbatches=m, remat=remat))
-    for prompts in ((128, 32, 16, 8) if args.rollout else ()):
+    for prompts in (128, 32, 16, 8) if args.rollout else ():
         with c.unlocked():
             c.distill.batch_prompts = prompts
         row = rollout_memory(c, {"fsdp": 8})

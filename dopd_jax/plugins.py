@@ -1,4 +1,5 @@
 """Import paths for plug-ins: ``package.module:NAME`` resolved with a clear error."""
+
 from __future__ import annotations
 
 import importlib
@@ -26,12 +27,14 @@ def load_object(path: str, what: str = "object") -> Any:
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
-        raise ValueError(f"{what} import path {path!r}: cannot import module "
-                         f"{module_name!r} ({e})") from e
+        raise ValueError(
+            f"{what} import path {path!r}: cannot import module {module_name!r} ({e})"
+        ) from e
     obj = module
     for part in attr.split("."):
         if not hasattr(obj, part):
-            raise ValueError(f"{what} import path {path!r}: module {module_name!r} has no "
-                             f"attribute {attr!r}")
+            raise ValueError(
+                f"{what} import path {path!r}: module {module_name!r} has no attribute {attr!r}"
+            )
         obj = getattr(obj, part)
     return obj

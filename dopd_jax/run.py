@@ -10,6 +10,7 @@ Multi-process: start one such command per process, each with
 ``--config.distributed.num_processes=N --config.distributed.process_id=I
 --config.distributed.coordinator_address=HOST:PORT`` and the same workdir.
 """
+
 from __future__ import annotations
 
 import sys
@@ -19,8 +20,9 @@ from ml_collections import config_flags
 
 from dopd_jax.pipeline import config_checks
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment module (path[:arg]).",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment module (path[:arg]).", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for outputs and resume.")
 
 
@@ -67,8 +69,11 @@ def _initialize_distributed(d) -> bool:
     import jax
 
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address=d.coordinator_address,
-                               num_processes=d.num_processes, process_id=d.process_id)
+    jax.distributed.initialize(
+        coordinator_address=d.coordinator_address,
+        num_processes=d.num_processes,
+        process_id=d.process_id,
+    )
     return True
 
 

@@ -1,4 +1,5 @@
 """The student's training state: the one pytree every update step takes and returns."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -10,9 +11,11 @@ import jax.numpy as jnp
 import optax
 
 
-@functools.partial(jax.tree_util.register_dataclass,
-                   data_fields=["params", "opt_state", "ref_params", "step"],
-                   meta_fields=[])
+@functools.partial(
+    jax.tree_util.register_dataclass,
+    data_fields=["params", "opt_state", "ref_params", "step"],
+    meta_fields=[],
+)
 @dataclasses.dataclass(frozen=True)
 class TrainState:
     """Trainable student state (donated to every update)."""

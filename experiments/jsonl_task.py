@@ -21,13 +21,19 @@ Verifiers: ``exact``, ``marker`` (text after the last ``A:``), ``last_number``,
 ``boxed``, or ``package.module:FUNCTION``. The privileged form of a string
 ``privileged`` field is ``privileged``.
 """
+
 from dopd_jax.pipeline import config as config_lib
 
 
 def get_config(arg=None):
     c = config_lib.base_config()
     t = c.task
-    t.source, t.priv_form, t.sft_forms, t.verifier = "jsonl", "privileged", ("privileged",), "marker"
+    t.source, t.priv_form, t.sft_forms, t.verifier = (
+        "jsonl",
+        "privileged",
+        ("privileged",),
+        "marker",
+    )
     t.max_prompt_len, t.max_priv_len = 64, 128
     c.tokenizer.vocab_size, c.tokenizer.hard_vocab_limit = 256, False
     c.teacher.max_len = c.student.max_len = 192

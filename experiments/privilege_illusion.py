@@ -15,6 +15,7 @@ Smoke (about a minute, used by the tests):
 Expected result: see README.md ("Main experiment"), which records the table
 this config produced and what the diagnostics showed.
 """
+
 from dopd_jax.pipeline import config as config_lib
 
 

@@ -31,7 +31,8 @@ hyperparameters, memory plan), and ``smoke`` runs the CPU-scale pipeline with
 tiny Qwen3-shaped models and the same fields.
 
 Run (once wired):
-  python -m dopd_jax.run --config experiments/qwen3_8b_to_1p7b.py:teacher=/ckpt/Qwen3-8B,student=/ckpt/Qwen3-1.7B --workdir runs/paper
+  python -m dopd_jax.run --workdir runs/paper \
+    --config experiments/qwen3_8b_to_1p7b.py:teacher=/ckpt/Qwen3-8B,student=/ckpt/Qwen3-1.7B
 Smoke:
   python -m dopd_jax.run --config experiments/qwen3_8b_to_1p7b.py:smoke --workdir /tmp/paper_smoke
 
@@ -43,6 +44,7 @@ Fields added to ``config.base_config()`` (under new keys):
   ``distill.num_microbatches``, ``distill.remat``: arguments of
     ``microbatch.make_microbatched_update``.
 """
+
 import ml_collections
 
 from dopd_jax.pipeline import config as config_lib
@@ -50,8 +52,7 @@ from dopd_jax.pipeline import config as config_lib
 QWEN3_VOCAB = 151936
 
 
-def qwen3_model(d_model, n_layers, n_heads, n_kv_heads, d_ff, head_dim, *, tied,
-                dtype="bfloat16"):
+def qwen3_model(d_model, n_layers, n_heads, n_kv_heads, d_ff, head_dim, *, tied, dtype="bfloat16"):
     """ModelConfig fields of a Qwen3 decoder (QK-norm, rope_theta 1e6, eps 1e-6)."""
     m = config_lib.model_config(d_model, n_layers, n_heads, n_kv_heads, d_ff, qk_norm=True)
     with m.unlocked():
@@ -70,8 +71,10 @@ def _parse(arg):
         elif key in ("teacher", "student") and value:
             opts[key] = value
         else:
-            raise ValueError(f"unknown argument {item!r}; valid: smoke, teacher=PATH, "
-                             "student=PATH (comma-separated)")
+            raise ValueError(
+                f"unknown argument {item!r}; valid: smoke, teacher=PATH, "
+                "student=PATH (comma-separated)"
+            )
     return opts
 
 
@@ -104,9 +107,9 @@ def get_config(arg=None):
     opts = _parse(arg)
     c = config_lib.base_config()
     with c.unlocked():
-        c.hf = ml_collections.ConfigDict(dict(
-            teacher_path=opts["teacher"], student_path=opts["student"],
-            vocab_size=QWEN3_VOCAB))
+        c.hf = ml_collections.ConfigDict(
+            dict(teacher_path=opts["teacher"], student_path=opts["student"], vocab_size=QWEN3_VOCAB)
+        )
         c.distill.num_microbatches, c.distill.remat = 1, True
         (_smoke if opts["smoke"] else _paper)(c)
     c.lock()

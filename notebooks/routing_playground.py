@@ -70,18 +70,20 @@ print("misleading rows:", int(stats["misleading"].sum()), "of", len(stats["misle
 # confidence-only rule show how a prototype plugs in: any function returning
 # 0/1 masks that partition the valid tokens.
 
+
 # %%
 def confidence_only(gap, qS, qT, mask):
     """Ignore the gap: strong JS where the teacher is more confident, else weak."""
     valid = np.asarray(mask, bool)
     ht = valid & (qT >= qS)
-    return {"LH": np.zeros_like(valid), "LL": valid & ~ht, "HT": ht,
-            "HS": np.zeros_like(valid)}
+    return {"LH": np.zeros_like(valid), "LL": valid & ~ht, "HT": ht, "HS": np.zeros_like(valid)}
 
 
 rules = {
     "dopd (trimmed batch mean)": lambda g, s, t, m: routing.dopd_regimes(g, s, t, m)[0],
-    "dopd (fixed gap 0.5)": lambda g, s, t, m: routing.dopd_regimes(g, s, t, m, gap_threshold=0.5)[0],
+    "dopd (fixed gap 0.5)": lambda g, s, t, m: routing.dopd_regimes(g, s, t, m, gap_threshold=0.5)[
+        0
+    ],
     "confidence only": confidence_only,
 }
 for name, rule in rules.items():

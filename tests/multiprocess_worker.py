@@ -4,6 +4,7 @@ Run as ``python tests/multiprocess_worker.py PROCESS_ID NUM_PROCESSES PORT OUT_J
 with ``XLA_FLAGS=--xla_force_host_platform_device_count=2``. The test imports
 ``run_steps`` to compute the single-process reference of the same steps.
 """
+
 import json
 import sys
 
@@ -12,37 +13,52 @@ import numpy as np
 import optax
 from flax import nnx
 
-from dopd_jax.steps import rollout as rollout_lib
 from dopd_jax import sharding, steps
 from dopd_jax.methods import get_method
 from dopd_jax.models import ModelConfig, Transformer
+from dopd_jax.steps import rollout as rollout_lib
 
 V, ROWS, STEPS = 24, 8, 2
 MESH_SHAPE = {"data": 1, "fsdp": 2, "tensor": 2}  # fsdp spans the two processes
 
 
 def _model_cfg(d: int) -> ModelConfig:
-    return ModelConfig(vocab_size=V, d_model=d, n_layers=1, n_heads=2, n_kv_heads=2,
-                       head_dim=d // 2, d_ff=2 * d, qk_norm=True)
+    return ModelConfig(
+        vocab_size=V,
+        d_model=d,
+        n_layers=1,
+        n_heads=2,
+        n_kv_heads=2,
+        head_dim=d // 2,
+        d_ff=2 * d,
+        qk_norm=True,
+    )
 
 
 def _batches():
     """The global SFT and distillation batches (NumPy, identical in every process)."""
     rng = np.random.default_rng(0)
     ids = rng.integers(4, V, size=(ROWS, 9)).astype(np.int32)
-    sft = steps.SFTBatch(ids[:, :-1], ids[:, 1:], np.arange(8)[None].repeat(ROWS, 0) >= 3,
-                         np.ones((ROWS, 8), bool))
+    sft = steps.SFTBatch(
+        ids[:, :-1], ids[:, 1:], np.arange(8)[None].repeat(ROWS, 0) >= 3, np.ones((ROWS, 8), bool)
+    )
     prompt = rng.integers(4, V, size=(ROWS, 5)).astype(np.int32)
     priv = rng.integers(4, V, size=(ROWS, 8)).astype(np.int32)
-    distill = steps.DistillBatch(prompt, np.ones(prompt.shape, bool), priv,
-                                 np.ones(priv.shape, bool))
+    distill = steps.DistillBatch(
+        prompt, np.ones(prompt.shape, bool), priv, np.ones(priv.shape, bool)
+    )
     return sft, distill
 
 
 def _spec() -> steps.DistillSpec:
     sampler = rollout_lib.SamplerConfig(max_new_tokens=5, eos_id=1, pad_id=0, n_samples=2)
-    return steps.DistillSpec(get_method("dopd"), get_method("dopd").make_config({"top_k": 8}),
-                             sampler, log_passes=(), diag_top_k=8)
+    return steps.DistillSpec(
+        get_method("dopd"),
+        get_method("dopd").make_config({"top_k": 8}),
+        sampler,
+        log_passes=(),
+        diag_top_k=8,
+    )
 
 
 def _to_device(batch, mesh):
@@ -75,8 +91,11 @@ def run_steps(mesh=None) -> dict:
     sft_batch, distill_batch = _batches()
     gs, ps = _init(_model_cfg(16), 0, mesh, from_abstract=True)
     gt, pt = _init(_model_cfg(24), 1, mesh, from_abstract=False)
-    state = (steps.init_state(ps, opt, keep_ref=False) if mesh is None
-             else sharding.init_state_sharded(ps, opt, mesh, keep_ref=False))
+    state = (
+        steps.init_state(ps, opt, keep_ref=False)
+        if mesh is None
+        else sharding.init_state_sharded(ps, opt, mesh, keep_ref=False)
+    )
     sh = None if mesh is None else sharding.step_shardings(mesh, opt, state, {"teacher": pt})
     out = {"sft_loss": [], "distill_loss": [], "distill_kl": []}
     sft_fn = steps.make_sft_fn(gs, opt, shardings=sh)
@@ -98,9 +117,12 @@ def run_steps(mesh=None) -> dict:
 def main(argv) -> None:
     process_id, num_processes, port, out_path = int(argv[1]), int(argv[2]), argv[3], argv[4]
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address=f"localhost:{port}",
-                               num_processes=num_processes, process_id=process_id,
-                               initialization_timeout=60)
+    jax.distributed.initialize(
+        coordinator_address=f"localhost:{port}",
+        num_processes=num_processes,
+        process_id=process_id,
+        initialization_timeout=60,
+    )
     try:
         result = run_steps(sharding.make_mesh(MESH_SHAPE))
         result.update(process=jax.process_index(), devices=jax.device_count())

@@ -1,4 +1,5 @@
 """Launching and cleaning up the child processes of multi-process tests."""
+
 import os
 import pathlib
 import socket
@@ -16,8 +17,11 @@ def free_port() -> int:
 
 def cpu_env(devices: int) -> dict:
     """Environment of a child with ``devices`` simulated CPU devices."""
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-               JAX_PLATFORMS="cpu")
+    env = dict(
+        os.environ,
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        JAX_PLATFORMS="cpu",
+    )
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     return env
 
@@ -33,8 +37,9 @@ def run_all(commands, env, logdir: pathlib.Path, timeout: float, while_running=N
     local = None
     try:
         for cmd, log in zip(commands, logs):
-            procs.append(subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log,
-                                          stderr=subprocess.STDOUT))
+            procs.append(
+                subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+            )
         local = while_running() if while_running else None
         for p in procs:
             p.wait(timeout=timeout)

@@ -1,4 +1,5 @@
 """Token-level diagnostics (methods.md section 9) vs a float64 NumPy reference."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,9 +18,18 @@ def np_softmax(x):
 def np_token_stats(s_logits, t_logits, tokens, mask, top_k):
     s, t = np_softmax(s_logits), np_softmax(t_logits)
     k = min(top_k, s.shape[-1])
-    per_token = {name: np.zeros(mask.shape) for name in (
-        "student_entropy", "target_entropy", "kl_sampled", "student_topk_mass",
-        "target_topk_mass", "student_mass_on_target_topk", "topk_overlap")}
+    per_token = {
+        name: np.zeros(mask.shape)
+        for name in (
+            "student_entropy",
+            "target_entropy",
+            "kl_sampled",
+            "student_topk_mass",
+            "target_topk_mass",
+            "student_mass_on_target_topk",
+            "topk_overlap",
+        )
+    }
     for b, n in np.ndindex(*mask.shape):
         sp, tp, y = s[b, n], t[b, n], tokens[b, n]
         s_top = set(np.argsort(-sp, kind="stable")[:k])
@@ -47,9 +57,15 @@ def _inputs(seed):
 @pytest.mark.parametrize("top_k,chunk_size", [(4, None), (4, 2), (V + 5, None)])
 def test_token_stats_match_numpy(top_k, chunk_size):
     s, t, tokens, mask = _inputs(0)
-    got = diagnostics.token_stats(jnp.asarray(s), jnp.asarray(t), jnp.asarray(tokens),
-                                  jnp.asarray(mask), top_k=top_k, chunk_size=chunk_size,
-                                  prefix="d/")
+    got = diagnostics.token_stats(
+        jnp.asarray(s),
+        jnp.asarray(t),
+        jnp.asarray(tokens),
+        jnp.asarray(mask),
+        top_k=top_k,
+        chunk_size=chunk_size,
+        prefix="d/",
+    )
     want = np_token_stats(s, t, tokens, mask, top_k)
     assert set(got) == {"d/" + name for name in want}
     for name, value in want.items():

@@ -1,4 +1,5 @@
 """Divergences, sampled log-probs, entropy and masked means vs NumPy (float64)."""
+
 import itertools
 
 import jax
@@ -60,31 +61,35 @@ def test_matches_numpy(kind, gran):
     top_k, mode = gran
     s, t, mask = _logits(0), _logits(1), _mask()
     beta = 0.3 if kind == "jsd" else 0.5
-    got = dv.token_divergence(jnp.asarray(s), jnp.asarray(t), kind=kind, beta=beta,
-                              top_k=top_k, topk_mode=mode)
+    got = dv.token_divergence(
+        jnp.asarray(s), jnp.asarray(t), kind=kind, beta=beta, top_k=top_k, topk_mode=mode
+    )
     want = np_divergence(s, t, kind, beta, top_k, mode)
     assert got.dtype == jnp.float32 and got.shape == (B, T)
     np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6)
-    np.testing.assert_allclose(dv.sequence_mean(got, jnp.asarray(mask)),
-                               np_sequence_mean(want, mask), rtol=2e-5, atol=2e-6)
-    np.testing.assert_allclose(dv.token_mean(got, jnp.asarray(mask)),
-                               want[mask].mean(), rtol=2e-5, atol=2e-6)
+    np.testing.assert_allclose(
+        dv.sequence_mean(got, jnp.asarray(mask)), np_sequence_mean(want, mask), rtol=2e-5, atol=2e-6
+    )
+    np.testing.assert_allclose(
+        dv.token_mean(got, jnp.asarray(mask)), want[mask].mean(), rtol=2e-5, atol=2e-6
+    )
 
 
 @pytest.mark.parametrize(
-    "kind,mode", list(itertools.product(KINDS, ("renormalize", "generalized"))))
+    "kind,mode", list(itertools.product(KINDS, ("renormalize", "generalized")))
+)
 def test_top_k_larger_than_vocab_is_full(kind, mode):
     s, t = jnp.asarray(_logits(2)), jnp.asarray(_logits(3))
     full = dv.token_divergence(s, t, kind=kind)
     clamped = dv.token_divergence(s, t, kind=kind, top_k=V + 5, topk_mode=mode)
     np.testing.assert_allclose(clamped, full, rtol=1e-6)
-    np.testing.assert_allclose(full, np_divergence(_logits(2), _logits(3), kind),
-                               rtol=2e-5, atol=2e-6)
+    np.testing.assert_allclose(
+        full, np_divergence(_logits(2), _logits(3), kind), rtol=2e-5, atol=2e-6
+    )
 
 
 def _loss(s, t, mask, kind, top_k, mode, chunk_size):
-    div = dv.token_divergence(s, t, kind=kind, top_k=top_k, topk_mode=mode,
-                              chunk_size=chunk_size)
+    div = dv.token_divergence(s, t, kind=kind, top_k=top_k, topk_mode=mode, chunk_size=chunk_size)
     return dv.sequence_mean(div, mask), div
 
 
@@ -109,8 +114,9 @@ def test_chunking_bounds_float32_memory(kind, top_k):
     x = jnp.zeros(shape, jnp.float32)
 
     def temp_bytes(chunk_size, grad):
-        fn = lambda s, t: jnp.sum(dv.token_divergence(
-            s, t, kind=kind, top_k=top_k, chunk_size=chunk_size))
+        fn = lambda s, t: jnp.sum(
+            dv.token_divergence(s, t, kind=kind, top_k=top_k, chunk_size=chunk_size)
+        )
         fn = jax.grad(fn) if grad else fn
         return jax.jit(fn).lower(x, x).compile().memory_analysis().temp_size_in_bytes
 
@@ -126,8 +132,9 @@ def test_jit_matches_eager_and_bf16_upcasts():
     s16, t16 = s.astype(jnp.bfloat16), t.astype(jnp.bfloat16)
     got = fn(s16, t16)
     assert got.dtype == jnp.float32
-    np.testing.assert_allclose(got, fn(s16.astype(jnp.float32), t16.astype(jnp.float32)),
-                               rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(
+        got, fn(s16.astype(jnp.float32), t16.astype(jnp.float32)), rtol=1e-6, atol=1e-7
+    )
 
 
 @pytest.mark.parametrize("kind,gran", CASES)
@@ -136,8 +143,7 @@ def test_zero_iff_equal_and_nonnegative(kind, gran):
     s = jnp.asarray(_logits(8))
     same = dv.token_divergence(s, s + 3.0, kind=kind, top_k=top_k, topk_mode=mode)
     np.testing.assert_allclose(same, 0.0, atol=1e-6)
-    diff = dv.token_divergence(s, jnp.asarray(_logits(9)), kind=kind, top_k=top_k,
-                               topk_mode=mode)
+    diff = dv.token_divergence(s, jnp.asarray(_logits(9)), kind=kind, top_k=top_k, topk_mode=mode)
     assert float(diff.min()) > 0.0
 
 
@@ -148,8 +154,14 @@ def test_gradient_matches_finite_differences(kind, gran):
         s = jnp.asarray(_logits(10, shape=(2, 3, 6)), jnp.float64)
         t = jnp.asarray(_logits(11, shape=(2, 3, 6)), jnp.float64)
         w = jnp.asarray(np.random.default_rng(12).random((2, 3)))
-        fn = jax.jit(lambda x: jnp.sum(w * dv.token_divergence(
-            x, t, kind=kind, beta=0.4, top_k=top_k and 3, topk_mode=mode, chunk_size=2)))
+        fn = jax.jit(
+            lambda x: jnp.sum(
+                w
+                * dv.token_divergence(
+                    x, t, kind=kind, beta=0.4, top_k=top_k and 3, topk_mode=mode, chunk_size=2
+                )
+            )
+        )
         check_grads(fn, (s,), order=1, modes=("rev",), atol=1e-6, rtol=1e-6)
 
 
@@ -158,16 +170,20 @@ def test_no_gradient_reaches_target(kind, gran):
     top_k, mode = gran
     s, t = jnp.asarray(_logits(13)), jnp.asarray(_logits(14))
     for chunk in (None, 3):
-        g = jax.grad(lambda b: jnp.sum(dv.token_divergence(
-            s, b, kind=kind, top_k=top_k, topk_mode=mode, chunk_size=chunk)))(t)
+        g = jax.grad(
+            lambda b: jnp.sum(
+                dv.token_divergence(s, b, kind=kind, top_k=top_k, topk_mode=mode, chunk_size=chunk)
+            )
+        )(t)
         assert np.all(np.asarray(g) == 0.0)
 
 
 def test_jsd_beta_edges_are_zero_and_finite():
     s, t = jnp.asarray(_logits(15)), jnp.asarray(_logits(16))
     for beta in (0.0, 1.0):
-        val, g = jax.value_and_grad(lambda x: jnp.sum(
-            dv.token_divergence(x, t, kind="jsd", beta=beta)))(s)
+        val, g = jax.value_and_grad(
+            lambda x: jnp.sum(dv.token_divergence(x, t, kind="jsd", beta=beta))
+        )(s)
         np.testing.assert_allclose(val, 0.0, atol=1e-5)
         assert np.all(np.isfinite(np.asarray(g)))
 
@@ -181,8 +197,9 @@ def test_sampled_logprobs_and_entropy_match_numpy():
     for chunk in (None, 2):
         got = dv.sampled_logprobs(jnp.asarray(x), jnp.asarray(tokens), chunk)
         np.testing.assert_allclose(got, want_logp, rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(dv.entropy(jnp.asarray(x), chunk), want_ent,
-                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            dv.entropy(jnp.asarray(x), chunk), want_ent, rtol=1e-5, atol=1e-6
+        )
 
 
 def test_means_handle_empty_masks_and_float_masks():
@@ -196,13 +213,16 @@ def test_means_handle_empty_masks_and_float_masks():
     np.testing.assert_allclose(dv.sequence_mean(x_nan, jnp.asarray(mask, jnp.float32)), want)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"kind": "kl"}, "unknown divergence kind"),
-    ({"kind": "rkl", "topk_mode": "sparse"}, "unknown topk_mode"),
-    ({"kind": "rkl", "top_k": 0}, "top_k"),
-    ({"kind": "jsd", "beta": 1.5}, "beta"),
-    ({"kind": "rkl", "chunk_size": 0}, "chunk_size"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"kind": "kl"}, "unknown divergence kind"),
+        ({"kind": "rkl", "topk_mode": "sparse"}, "unknown topk_mode"),
+        ({"kind": "rkl", "top_k": 0}, "top_k"),
+        ({"kind": "jsd", "beta": 1.5}, "beta"),
+        ({"kind": "rkl", "chunk_size": 0}, "chunk_size"),
+    ],
+)
 def test_bad_arguments_raise(kwargs, match):
     s = jnp.zeros((1, 2, 3))
     with pytest.raises(ValueError, match=match):

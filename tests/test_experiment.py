@@ -1,4 +1,5 @@
 """The smoke experiment end to end through the CLI, resume, and bad-input errors."""
+
 import json
 import os
 import pathlib
@@ -14,21 +15,51 @@ from dopd_jax.trainer.metric_writer import read_metrics
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SMOKE = "experiments/privilege_illusion.py:smoke"
 # methods.md section 9 (per step) and section 4 (DOPD collapse diagnostics).
-STEP_KEYS = {"loss", "student_entropy", "target_entropy", "kl_to_teacher", "kl_to_priv_teacher",
-             "student_topk_mass", "target_topk_mass", "topk_overlap", "response_len",
-             "truncated_frac", "reward", "time_rollout", "time_score", "time_update",
-             "tokens_per_sec"}
+STEP_KEYS = {
+    "loss",
+    "student_entropy",
+    "target_entropy",
+    "kl_to_teacher",
+    "kl_to_priv_teacher",
+    "student_topk_mass",
+    "target_topk_mass",
+    "topk_overlap",
+    "response_len",
+    "truncated_frac",
+    "reward",
+    "time_rollout",
+    "time_score",
+    "time_update",
+    "tokens_per_sec",
+}
 RUNS = ("opd", "privt", "opsd", "dopd", "dopd_hs_teacher", "dopd_frozen")
-DOPD_KEYS = {"frac_LH", "frac_LL", "frac_HT", "frac_HS", "loss_LH", "loss_HT", "gap_HS",
-             "A_bar", "qS_bar", "qT_bar"}
+DOPD_KEYS = {
+    "frac_LH",
+    "frac_LL",
+    "frac_HT",
+    "frac_HS",
+    "loss_LH",
+    "loss_HT",
+    "gap_HS",
+    "A_bar",
+    "qS_bar",
+    "qT_bar",
+}
 
 
 def _run(workdir, *overrides, timeout=600, env=None):
     env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu", **(env or {})}
-    cmd = [sys.executable, "-m", "dopd_jax.run", "--config", SMOKE, "--workdir", str(workdir),
-           *overrides]
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    cmd = [
+        sys.executable,
+        "-m",
+        "dopd_jax.run",
+        "--config",
+        SMOKE,
+        "--workdir",
+        str(workdir),
+        *overrides,
+    ]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +72,16 @@ def smoke_run(tmp_path_factory):
 
 def test_smoke_prints_table_with_every_method(smoke_run):
     _, proc = smoke_run
-    for label in ("vanilla OPD (T->S)", "Priv.T->S", "OPSD", "DOPD", "DOPD hs_target=teacher",
-                  "DOPD priv_student=frozen", "teacher", "student_init"):
+    for label in (
+        "vanilla OPD (T->S)",
+        "Priv.T->S",
+        "OPSD",
+        "DOPD",
+        "DOPD hs_target=teacher",
+        "DOPD priv_student=frozen",
+        "teacher",
+        "student_init",
+    ):
         assert label in proc.stdout + proc.stderr, label
 
 
@@ -84,15 +123,18 @@ def test_changed_stage_config_is_refused(smoke_run):
     assert "different config" in proc.stderr and "teacher" in proc.stderr
 
 
-@pytest.mark.parametrize("override,message", [
-    ("--config.distill.stpes=3", "stpes"),
-    ("--config.distill.temperature=0", "config.distill.temperature"),
-    ("--config.method_args.dopd.top_k=0", "config.method_args.dopd"),
-    ("--config.task.source=csv", "unknown source 'csv'"),
-    ("--config.task.verifier=nope", "unknown verifier 'nope'"),
-    ("--config.distill.methods=('opd','no_such.module:M')", "cannot import module"),
-    ("--config.distill.methods=('opd','dopd2')", "unknown method 'dopd2'"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("--config.distill.stpes=3", "stpes"),
+        ("--config.distill.temperature=0", "config.distill.temperature"),
+        ("--config.method_args.dopd.top_k=0", "config.method_args.dopd"),
+        ("--config.task.source=csv", "unknown source 'csv'"),
+        ("--config.task.verifier=nope", "unknown verifier 'nope'"),
+        ("--config.distill.methods=('opd','no_such.module:M')", "cannot import module"),
+        ("--config.distill.methods=('opd','dopd2')", "unknown method 'dopd2'"),
+    ],
+)
 def test_cli_rejects_bad_config_before_compiling(tmp_path, override, message):
     proc = _run(tmp_path, override, timeout=120)
     assert proc.returncode != 0
@@ -129,10 +171,12 @@ def test_vocab_mismatch_is_named():
     from dopd_jax.models import ModelConfig
     from dopd_jax.pipeline.distill_stage import check_vocab
 
-    a = ModelConfig(vocab_size=64, d_model=8, n_layers=1, n_heads=2, n_kv_heads=1,
-                    head_dim=4, d_ff=16)
-    b = ModelConfig(vocab_size=72, d_model=8, n_layers=1, n_heads=2, n_kv_heads=1,
-                    head_dim=4, d_ff=16)
+    a = ModelConfig(
+        vocab_size=64, d_model=8, n_layers=1, n_heads=2, n_kv_heads=1, head_dim=4, d_ff=16
+    )
+    b = ModelConfig(
+        vocab_size=72, d_model=8, n_layers=1, n_heads=2, n_kv_heads=1, head_dim=4, d_ff=16
+    )
     with pytest.raises(ValueError, match="teacher vocab_size 64 != student vocab_size 72"):
         check_vocab(a, b)
 
@@ -140,8 +184,14 @@ def test_vocab_mismatch_is_named():
 def test_same_experiment_on_a_2x2x2_mesh_matches_one_device(smoke_run, tmp_path):
     workdir, _ = smoke_run
     env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
-    proc = _run(tmp_path, "--config.distill.methods=('dopd',)", "--config.mesh.data=2",
-                "--config.mesh.fsdp=2", "--config.mesh.tensor=2", env=env)
+    proc = _run(
+        tmp_path,
+        "--config.distill.methods=('dopd',)",
+        "--config.mesh.data=2",
+        "--config.mesh.fsdp=2",
+        "--config.mesh.tensor=2",
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     one = read_metrics(str(workdir), "distill/dopd")
     eight = read_metrics(str(tmp_path), "distill/dopd")

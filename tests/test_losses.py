@@ -1,4 +1,5 @@
 """DOPD, OPD (pg) and divergence losses vs independent float64 NumPy references."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,6 +12,7 @@ B, T, V, K = 4, 6, 10, 4
 
 
 # ---- NumPy references (float64, over probabilities) ----
+
 
 def np_softmax(x):
     e = np.exp(x.astype(np.float64) - x.max(-1, keepdims=True))
@@ -49,25 +51,33 @@ def np_sequence_mean(x, mask):
     return np.mean(rows) if rows else 0.0
 
 
-def np_dopd(s, ps, t, tokens, mask, *, top_k, mode, hs_target, gap_threshold,
-            beta_light=0.6, beta_weak=0.3):
+def np_dopd(
+    s, ps, t, tokens, mask, *, top_k, mode, hs_target, gap_threshold, beta_light=0.6, beta_weak=0.3
+):
     logqS, logqT = np_logp_at(ps, tokens), np_logp_at(t, tokens)
     gap, qS, qT = np.abs(logqT - logqS), np.exp(logqS), np.exp(logqT)
     a_bar = np_trimmed_mean(gap, mask) if gap_threshold is None else gap_threshold
     ref = np_trimmed_mean(qS, mask) + np_trimmed_mean(qT, mask)
     small, valid = gap < a_bar, mask > 0
-    regimes = {"LH": valid & small & (qS + qT >= ref), "LL": valid & small & (qS + qT < ref),
-               "HT": valid & ~small & (qT >= qS), "HS": valid & ~small & (qT < qS)}
+    regimes = {
+        "LH": valid & small & (qS + qT >= ref),
+        "LL": valid & small & (qS + qT < ref),
+        "HT": valid & ~small & (qT >= qS),
+        "HS": valid & ~small & (qT < qS),
+    }
     hs = ps if hs_target == "priv_student" else t
-    per_regime = {"LH": beta_light * np_divergence(s, t, "rkl", top_k, mode),
-                  "LL": beta_weak * np_divergence(s, ps, "rkl", top_k, mode),
-                  "HT": np_divergence(s, t, "jsd"),
-                  "HS": beta_light * np_divergence(s, hs, "rkl", top_k, mode)}
+    per_regime = {
+        "LH": beta_light * np_divergence(s, t, "rkl", top_k, mode),
+        "LL": beta_weak * np_divergence(s, ps, "rkl", top_k, mode),
+        "HT": np_divergence(s, t, "jsd"),
+        "HS": beta_light * np_divergence(s, hs, "rkl", top_k, mode),
+    }
     per_token = sum(regimes[r] * per_regime[r] for r in regimes)
     return np_sequence_mean(per_token, mask), regimes, per_regime, gap
 
 
 # ---- inputs ----
+
 
 def _random_inputs(seed):
     rng = np.random.default_rng(seed)
@@ -95,8 +105,10 @@ def _hand_built():
     return s, ps, t, np.zeros((1, 4), np.int32), np.ones((1, 4), bool)
 
 
-_dopd = jax.jit(losses.dopd_loss, static_argnames=(
-    "top_k", "topk_mode", "hs_target", "gap_threshold", "chunk_size"))
+_dopd = jax.jit(
+    losses.dopd_loss,
+    static_argnames=("top_k", "topk_mode", "hs_target", "gap_threshold", "chunk_size"),
+)
 
 
 def _dopd_grads(s, ps, t, tokens, mask, **kw):
@@ -106,17 +118,32 @@ def _dopd_grads(s, ps, t, tokens, mask, **kw):
 
 # ---- dopd_loss ----
 
-@pytest.mark.parametrize("mode,hs_target,gap_threshold,chunk", [
-    ("renormalize", "priv_student", None, None),
-    ("generalized", "priv_student", 0.8, 4),
-    ("renormalize", "teacher", None, 4),
-])
+
+@pytest.mark.parametrize(
+    "mode,hs_target,gap_threshold,chunk",
+    [
+        ("renormalize", "priv_student", None, None),
+        ("generalized", "priv_student", 0.8, 4),
+        ("renormalize", "teacher", None, 4),
+    ],
+)
 def test_dopd_matches_numpy(mode, hs_target, gap_threshold, chunk):
     s, ps, t, tokens, mask = _random_inputs(1)
-    loss, metrics = _dopd(s, ps, t, tokens, mask, top_k=K, topk_mode=mode,
-                          hs_target=hs_target, gap_threshold=gap_threshold, chunk_size=chunk)
-    want, regimes, per_regime, gap = np_dopd(s, ps, t, tokens, mask, top_k=K, mode=mode,
-                                             hs_target=hs_target, gap_threshold=gap_threshold)
+    loss, metrics = _dopd(
+        s,
+        ps,
+        t,
+        tokens,
+        mask,
+        top_k=K,
+        topk_mode=mode,
+        hs_target=hs_target,
+        gap_threshold=gap_threshold,
+        chunk_size=chunk,
+    )
+    want, regimes, per_regime, gap = np_dopd(
+        s, ps, t, tokens, mask, top_k=K, mode=mode, hs_target=hs_target, gap_threshold=gap_threshold
+    )
     np.testing.assert_allclose(loss, want, rtol=1e-5)
     for r, in_r in regimes.items():
         np.testing.assert_allclose(metrics[f"frac_{r}"], in_r.sum() / mask.sum(), rtol=1e-6)
@@ -127,10 +154,12 @@ def test_dopd_matches_numpy(mode, hs_target, gap_threshold, chunk):
             assert float(metrics[f"loss_{r}"]) == 0.0
     np.testing.assert_allclose(metrics["gap_mean"], gap[mask].mean(), rtol=1e-5)
     logS = np_logp_at(s, tokens)
-    np.testing.assert_allclose(metrics["kl_priv_teacher"],
-                               (logS - np_logp_at(t, tokens))[mask].mean(), rtol=1e-5)
-    np.testing.assert_allclose(metrics["kl_priv_student"],
-                               (logS - np_logp_at(ps, tokens))[mask].mean(), rtol=1e-5)
+    np.testing.assert_allclose(
+        metrics["kl_priv_teacher"], (logS - np_logp_at(t, tokens))[mask].mean(), rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        metrics["kl_priv_student"], (logS - np_logp_at(ps, tokens))[mask].mean(), rtol=1e-5
+    )
 
 
 def test_dopd_fixed_threshold_differs_from_batch_mean():
@@ -155,16 +184,24 @@ def test_every_regime_gets_a_student_gradient_and_targets_none():
 
 def _rkl_topk_grad(s_row, target_row, weight, top_k=K):
     """Gradient of weight * top-K RKL for one position, via the reference divergence."""
-    fn = lambda x: weight * divergences.token_divergence(
-        x[None, None], target_row[None, None], kind="rkl", top_k=top_k)[0, 0]
+    fn = (
+        lambda x: weight
+        * divergences.token_divergence(
+            x[None, None], target_row[None, None], kind="rkl", top_k=top_k
+        )[0, 0]
+    )
     return np.asarray(jax.grad(fn)(jnp.asarray(s_row)))
 
 
 @pytest.mark.parametrize("hs_target", ["priv_student", "teacher"])
 def test_regime_gradients_follow_the_table(hs_target):
     s, ps, t, tokens, mask = _hand_built()
-    g_s = np.asarray(_dopd_grads(s, ps, t, tokens, mask, top_k=K, gap_threshold=0.5,
-                                 hs_target=hs_target)[0])[0] * 4  # undo the 1/4 token mean
+    g_s = (
+        np.asarray(
+            _dopd_grads(s, ps, t, tokens, mask, top_k=K, gap_threshold=0.5, hs_target=hs_target)[0]
+        )[0]
+        * 4
+    )  # undo the 1/4 token mean
     np.testing.assert_allclose(g_s[0], _rkl_topk_grad(s[0, 0], t[0, 0], 0.6), rtol=1e-4, atol=1e-7)
     np.testing.assert_allclose(g_s[1], _rkl_topk_grad(s[0, 1], ps[0, 1], 0.3), rtol=1e-4, atol=1e-7)
     hs_row = (ps if hs_target == "priv_student" else t)[0, 3]
@@ -181,8 +218,16 @@ def test_gap_comes_from_the_privileged_student():
     assert float(metrics["frac_HT"]) == 0.25 and float(metrics["frac_HS"]) == 0.25
     # Routing and its statistics do not depend on the plain student at all.
     _, other = _dopd(s, ps, t, tokens, mask, top_k=K, gap_threshold=0.5)
-    for key in ("frac_LH", "frac_LL", "frac_HT", "frac_HS", "A_bar", "qS_bar", "qT_bar",
-                "gap_mean"):
+    for key in (
+        "frac_LH",
+        "frac_LL",
+        "frac_HT",
+        "frac_HS",
+        "A_bar",
+        "qS_bar",
+        "qT_bar",
+        "gap_mean",
+    ):
         assert float(metrics[key]) == float(other[key]), key
 
 
@@ -191,30 +236,44 @@ def test_dopd_top_k_clamps_and_jit_parity():
     eager, m_eager = losses.dopd_loss(s, ps, t, tokens, mask, top_k=V + 3)
     jitted, _ = _dopd(s, ps, t, tokens, mask, top_k=V + 3)
     np.testing.assert_allclose(eager, jitted, rtol=1e-5)
-    want, *_ = np_dopd(s, ps, t, tokens, mask, top_k=None, mode="renormalize",
-                       hs_target="priv_student", gap_threshold=None)
+    want, *_ = np_dopd(
+        s,
+        ps,
+        t,
+        tokens,
+        mask,
+        top_k=None,
+        mode="renormalize",
+        hs_target="priv_student",
+        gap_threshold=None,
+    )
     np.testing.assert_allclose(eager, want, rtol=1e-5)
     assert set(m_eager) >= {"frac_LH", "frac_LL", "frac_HT", "frac_HS", "A_bar"}
 
 
-@pytest.mark.parametrize("kwargs,shapes,match", [
-    ({"top_k": 0}, None, "top_k"),
-    ({"hs_target": "student"}, None, "hs_target"),
-    ({"topk_mode": "sparse"}, None, "topk_mode"),
-    ({}, {"t": (B, T, V + 2)}, f"V={V}.*V={V + 2}"),
-    ({}, {"ps": (B, T + 1, V)}, "shape"),
-    ({}, {"tokens": (B, T + 1)}, "tokens"),
-])
+@pytest.mark.parametrize(
+    "kwargs,shapes,match",
+    [
+        ({"top_k": 0}, None, "top_k"),
+        ({"hs_target": "student"}, None, "hs_target"),
+        ({"topk_mode": "sparse"}, None, "topk_mode"),
+        ({}, {"t": (B, T, V + 2)}, f"V={V}.*V={V + 2}"),
+        ({}, {"ps": (B, T + 1, V)}, "shape"),
+        ({}, {"tokens": (B, T + 1)}, "tokens"),
+    ],
+)
 def test_dopd_argument_validation(kwargs, shapes, match):
     arrays = {"s": (B, T, V), "ps": (B, T, V), "t": (B, T, V), "tokens": (B, T)}
     arrays.update(shapes or {})
     a = {k: jnp.zeros(v, jnp.int32 if k == "tokens" else jnp.float32) for k, v in arrays.items()}
     with pytest.raises(ValueError, match=match):
-        losses.dopd_loss(a["s"], a["ps"], a["t"], a["tokens"], jnp.ones(a["tokens"].shape, bool),
-                         **kwargs)
+        losses.dopd_loss(
+            a["s"], a["ps"], a["t"], a["tokens"], jnp.ones(a["tokens"].shape, bool), **kwargs
+        )
 
 
 # ---- opd_pg_loss ----
+
 
 def test_opd_pg_matches_numpy_and_gradient_is_minus_a_dlogs():
     s, _, t, tokens, mask = _random_inputs(4)
@@ -252,12 +311,12 @@ def test_opd_pg_truncated_importance_weight():
     ratio = np.random.default_rng(0).choice([0.5, 0.9, 1.1, 2.0], size=(B, T))
     sampler_logp = (logS - np.log(ratio)).astype(np.float32)
     kept = (ratio >= 0.8) & (ratio <= 1.2)
-    fn = lambda x: losses.opd_pg_loss(x, t, tokens, mask, sampler_logp=sampler_logp,
-                                      is_clip=(0.8, 1.2))
+    fn = lambda x: losses.opd_pg_loss(
+        x, t, tokens, mask, sampler_logp=sampler_logp, is_clip=(0.8, 1.2)
+    )
     (loss, metrics), g = jax.value_and_grad(fn, has_aux=True)(s)
     w = np.where(kept, ratio, 0.0)
-    np.testing.assert_allclose(loss, np_sequence_mean(-w * (logT - logS) * logS, mask),
-                               rtol=1e-4)
+    np.testing.assert_allclose(loss, np_sequence_mean(-w * (logT - logS) * logS, mask), rtol=1e-4)
     np.testing.assert_allclose(metrics["is_zeroed_frac"], (~kept)[mask].mean(), rtol=1e-6)
     assert np.all(np.asarray(g)[~kept] == 0.0)  # truncated tokens carry no gradient
     assert np.abs(np.asarray(g)[kept & mask]).max() > 1e-4
@@ -267,22 +326,29 @@ def test_opd_pg_truncated_importance_weight():
 
 # ---- divergence_loss ----
 
+
 @pytest.mark.parametrize("kind,top_k", [("rkl", K), ("jsd", None)])
 def test_divergence_loss_matches_numpy(kind, top_k):
     s, _, t, tokens, mask = _random_inputs(7)
-    fn = lambda a, b: losses.divergence_loss(a, b, tokens, mask, kind=kind, top_k=top_k,
-                                             chunk_size=4)
+    fn = lambda a, b: losses.divergence_loss(
+        a, b, tokens, mask, kind=kind, top_k=top_k, chunk_size=4
+    )
     (loss, metrics) = fn(s, t)
     div = np_divergence(s, t, kind, top_k)
     np.testing.assert_allclose(loss, np_sequence_mean(div, mask), rtol=1e-5)
     np.testing.assert_allclose(metrics["div_mean"], div[mask].mean(), rtol=1e-5)
     np.testing.assert_allclose(
-        metrics["kl_target"], (np_logp_at(s, tokens) - np_logp_at(t, tokens))[mask].mean(),
-        rtol=1e-5)
+        metrics["kl_target"],
+        (np_logp_at(s, tokens) - np_logp_at(t, tokens))[mask].mean(),
+        rtol=1e-5,
+    )
     g_t = jax.grad(lambda b: fn(s, b)[0])(t)
     assert np.all(np.asarray(g_t) == 0.0)
 
 
 def test_losses_registry():
-    assert losses.LOSSES == {"dopd": losses.dopd_loss, "opd_pg": losses.opd_pg_loss,
-                             "divergence": losses.divergence_loss}
+    assert losses.LOSSES == {
+        "dopd": losses.dopd_loss,
+        "opd_pg": losses.opd_pg_loss,
+        "divergence": losses.divergence_loss,
+    }

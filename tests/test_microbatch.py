@@ -1,4 +1,5 @@
 """Micro-batched score + update equals the full-batch step; ``refs`` in routing and dopd_loss."""
+
 import dataclasses
 
 import jax
@@ -9,11 +10,11 @@ import pytest
 from flax import nnx
 
 from dopd_jax import losses, sharding, steps
-from dopd_jax.steps import microbatch
 from dopd_jax.losses import routing
-from dopd_jax.steps import rollout as rollout_lib
 from dopd_jax.methods import get_method
 from dopd_jax.models import ModelConfig, Transformer
+from dopd_jax.steps import microbatch
+from dopd_jax.steps import rollout as rollout_lib
 
 V = 24
 EOS, PAD = 1, 0
@@ -21,8 +22,9 @@ N_SAMPLES = 2
 
 
 def _model(seed, d=16):
-    cfg = ModelConfig(vocab_size=V, d_model=d, n_layers=1, n_heads=2, n_kv_heads=1,
-                      head_dim=d // 2, d_ff=2 * d)
+    cfg = ModelConfig(
+        vocab_size=V, d_model=d, n_layers=1, n_heads=2, n_kv_heads=1, head_dim=d // 2, d_ff=2 * d
+    )
     return nnx.split(Transformer(cfg, rngs=nnx.Rngs(seed)))
 
 
@@ -32,14 +34,15 @@ def _batch(rng, b=4, p=6, q=10):
     for i, n in enumerate(rng.integers(2, p + 1, size=b)):
         ids = rng.integers(4, V, size=n)
         full = np.concatenate([ids, rng.integers(4, V, size=q - p)])
-        prompt[i, p - n:], mask[i, p - n:] = ids, True
-        priv[i, q - len(full):], pmask[i, q - len(full):] = full, True
+        prompt[i, p - n :], mask[i, p - n :] = ids, True
+        priv[i, q - len(full) :], pmask[i, q - len(full) :] = full, True
     return steps.DistillBatch(*map(jnp.asarray, (prompt, mask, priv, pmask)))
 
 
 def _spec(method, chunk_size=None, **kw):
-    sampler = rollout_lib.SamplerConfig(max_new_tokens=8, eos_id=EOS, pad_id=PAD,
-                                        n_samples=N_SAMPLES)
+    sampler = rollout_lib.SamplerConfig(
+        max_new_tokens=8, eos_id=EOS, pad_id=PAD, n_samples=N_SAMPLES
+    )
     m = get_method(method)
     if method == "dopd":
         kw.setdefault("top_k", 8)
@@ -63,7 +66,9 @@ def setup():
 
 def _rollout(gs, ps, spec, batch, empty_row=True):
     state = steps.init_state(ps, optax.sgd(1.0), keep_ref=False)
-    ro = jax.jit(lambda s, b: steps.rollout_step(_g(gs), spec, s, b, jax.random.key(0)))(state, batch)
+    ro = jax.jit(lambda s, b: steps.rollout_step(_g(gs), spec, s, b, jax.random.key(0)))(
+        state, batch
+    )
     if empty_row:  # a sequence without valid tokens must not count in the mean
         ro = dataclasses.replace(ro, mask_BT=ro.mask_BT.at[3].set(False))
     return ro
@@ -75,19 +80,21 @@ def _copy_state(ps, opt):
 
 def _check_refs_differ_per_microbatch(targets, ro, num_microbatches):
     """The first micro-batch's own trimmed means differ from the whole batch's."""
-    stats = routing.privilege_stats(targets["priv_student"], targets["priv_teacher"],
-                                    ro.tokens_BT)
+    stats = routing.privilege_stats(targets["priv_student"], targets["priv_teacher"], ro.tokens_BT)
     _, full = routing.dopd_regimes(stats["gap"], stats["qS"], stats["qT"], ro.mask_BT)
     rows = microbatch.split_rows(jnp.arange(ro.tokens_BT.shape[0]), num_microbatches)[0]
-    _, part = routing.dopd_regimes(*(stats[k][rows] for k in ("gap", "qS", "qT")),
-                                   ro.mask_BT[rows])
+    _, part = routing.dopd_regimes(*(stats[k][rows] for k in ("gap", "qS", "qT")), ro.mask_BT[rows])
     assert abs(float(part["A_bar"]) - float(full["A_bar"])) > 1e-3
 
 
-@pytest.mark.parametrize("method,loss_kw,counts", [
-    ("dopd", {"chunk_size": 3}, (1, 2, 4)), ("opd", {}, (1, 2, 4)),
-    ("opd", {"form": "analytic"}, (4,)),
-])
+@pytest.mark.parametrize(
+    "method,loss_kw,counts",
+    [
+        ("dopd", {"chunk_size": 3}, (1, 2, 4)),
+        ("opd", {}, (1, 2, 4)),
+        ("opd", {"form": "analytic"}, (4,)),
+    ],
+)
 def test_microbatched_step_equals_full_batch_update(setup, method, loss_kw, counts):
     gs, ps, gt, pt, batch = setup
     spec = _spec(method, **loss_kw)
@@ -95,9 +102,11 @@ def test_microbatched_step_equals_full_batch_update(setup, method, loss_kw, coun
     ro = _rollout(gs, ps, spec, batch)
     state = _copy_state(ps, opt)
     targets = jax.jit(lambda s, t, b, r: steps.score_step(_g(gs, gt), spec, s, t, b, r))(
-        state, _t(pt), batch, ro)
+        state, _t(pt), batch, ro
+    )
     ref_state, ref_m = jax.jit(lambda s, r, t: steps.update_step(_g(gs), opt, spec, s, r, t))(
-        state, ro, targets)
+        state, ro, targets
+    )
     lengths = np.asarray(ro.mask_BT.sum(1))
     assert len(set(lengths.tolist())) > 1  # unequal micro-batches in tokens
     if method == "dopd":  # so the A_bar / qS_bar / qT_bar comparisons below can fail
@@ -107,10 +116,14 @@ def test_microbatched_step_equals_full_batch_update(setup, method, loss_kw, coun
         new_state, metrics = step(_copy_state(ps, opt), _t(pt), batch, ro)
         assert set(metrics) == set(ref_m), m
         for key in ref_m:
-            np.testing.assert_allclose(metrics[key], ref_m[key], rtol=2e-5, atol=2e-6,
-                                       err_msg=f"{key}, {m} micro-batches")
-        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-                     new_state.params, ref_state.params)
+            np.testing.assert_allclose(
+                metrics[key], ref_m[key], rtol=2e-5, atol=2e-6, err_msg=f"{key}, {m} micro-batches"
+            )
+        jax.tree.map(
+            lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+            new_state.params,
+            ref_state.params,
+        )
         assert int(new_state.step) == 1
 
 
@@ -151,7 +164,8 @@ def test_sharded_step_matches_unsharded(setup):
     ro = _rollout(gs, ps, spec, batch)
     opt = optax.sgd(0.5)
     _, plain = microbatch.make_microbatched_update(_g(gs, gt), opt, spec, 2)(
-        _copy_state(ps, opt), _t(pt), batch, ro)
+        _copy_state(ps, opt), _t(pt), batch, ro
+    )
     mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
     state = sharding.init_state_sharded(sharding.shard_params(ps, mesh), opt, mesh, False)
     teacher = _t(sharding.shard_params(pt, mesh))
@@ -172,7 +186,8 @@ def test_bad_microbatching_is_a_value_error(setup):
             microbatch.make_microbatched_update(_g(gs, gt), opt, spec, bad)
     with pytest.raises(ValueError, match="do not split into num_microbatches=3"):
         microbatch.make_microbatched_update(_g(gs, gt), opt, spec, 3)(
-            _copy_state(ps, opt), _t(pt), batch, ro)
+            _copy_state(ps, opt), _t(pt), batch, ro
+        )
     mesh = sharding.make_mesh({"fsdp": 8})
     state = sharding.init_state_sharded(sharding.shard_params(ps, mesh), opt, mesh, False)
     teacher = _t(sharding.shard_params(pt, mesh))
@@ -181,13 +196,16 @@ def test_bad_microbatching_is_a_value_error(setup):
     ro8 = _rollout(gs, ps, spec, batch8)
     with pytest.raises(ValueError, match="4 rows do not split over 8 data-parallel shards"):
         microbatch.make_microbatched_update(_g(gs, gt), opt, spec, 4, shardings=sh)(
-            state, teacher, sharding.shard_batch(batch8, mesh), sharding.shard_batch(ro8, mesh))
+            state, teacher, sharding.shard_batch(batch8, mesh), sharding.shard_batch(ro8, mesh)
+        )
     with pytest.raises(ValueError, match="needs teacher shardings"):
-        microbatch.make_microbatched_update(_g(gs, gt), opt, spec, 1,
-                                            shardings=dataclasses.replace(sh, teachers=None))
+        microbatch.make_microbatched_update(
+            _g(gs, gt), opt, spec, 1, shardings=dataclasses.replace(sh, teachers=None)
+        )
 
 
 # ---- refs: reference values computed elsewhere (routing.dopd_regimes, losses.dopd_loss) ----
+
 
 def _stats(seed, b=3, t=7):
     rng = np.random.default_rng(seed)
@@ -213,8 +231,12 @@ def test_regimes_with_own_refs_equal_default_and_other_refs_reroute():
 def test_bad_refs_are_value_errors():
     gap, qs, qt, mask = _stats(1)
     _, refs = routing.dopd_regimes(gap, qs, qt, mask)
-    cases = [({"A_bar": 0.1}, {}, "keys"), (dict(refs, A_bar=jnp.ones(2)), {}, "scalars"),
-             (refs, {"gap_threshold": 0.5}, "not both"), ([0.1, 0.2, 0.3], {}, "dict")]
+    cases = [
+        ({"A_bar": 0.1}, {}, "keys"),
+        (dict(refs, A_bar=jnp.ones(2)), {}, "scalars"),
+        (refs, {"gap_threshold": 0.5}, "not both"),
+        ([0.1, 0.2, 0.3], {}, "dict"),
+    ]
     for bad, kw, match in cases:
         with pytest.raises(ValueError, match=match):
             routing.dopd_regimes(gap, qs, qt, mask, refs=bad, **kw)

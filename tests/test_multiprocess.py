@@ -5,13 +5,13 @@ its own batch rows, runs sharded SFT and DOPD steps on a mesh whose ``fsdp``
 axis spans both processes, and writes its losses; this process computes the
 same steps on one device and compares.
 """
+
 import importlib.util
 import json
 import pathlib
 import sys
 
 import numpy as np
-
 import processes
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -31,10 +31,11 @@ def _run_children(tmp_path, while_running) -> tuple[list[dict], object]:
     """Runs the workers; calls ``while_running()`` meanwhile and returns its value too."""
     port = processes.free_port()
     outs = [tmp_path / f"process{i}.json" for i in range(NUM_PROCESSES)]
-    commands = [[sys.executable, str(WORKER), str(i), str(NUM_PROCESSES), str(port), str(outs[i])]
-                for i in range(NUM_PROCESSES)]
-    local = processes.run_all(commands, processes.cpu_env(2), tmp_path, TIMEOUT_S,
-                              while_running)
+    commands = [
+        [sys.executable, str(WORKER), str(i), str(NUM_PROCESSES), str(port), str(outs[i])]
+        for i in range(NUM_PROCESSES)
+    ]
+    local = processes.run_all(commands, processes.cpu_env(2), tmp_path, TIMEOUT_S, while_running)
     return [json.loads(o.read_text()) for o in outs], local
 
 
@@ -45,7 +46,11 @@ def test_two_processes_match_single_device(tmp_path):
     for r in results:
         assert r["devices"] == 4
         for name in ("sft_loss", "distill_loss", "distill_kl"):
-            np.testing.assert_allclose(r[name], reference[name], rtol=1e-4, atol=1e-6,
-                                       err_msg=f"process {r['process']} {name}")
+            np.testing.assert_allclose(
+                r[name],
+                reference[name],
+                rtol=1e-4,
+                atol=1e-6,
+                err_msg=f"process {r['process']} {name}",
+            )
     assert {r["process"] for r in results} == set(range(NUM_PROCESSES))
-

@@ -15,6 +15,7 @@ The sampler is not checked here: ``benchmarks/paper_scale_memory.py --rollout``
 measures it (``rollout.sample`` as written projects every prompt position of
 the prefill to V and does not fit 80 GB for 128 prompts per call).
 """
+
 import importlib.util
 import math
 import pathlib
@@ -22,20 +23,43 @@ import pathlib
 import jax
 import pytest
 
-from dopd_jax.pipeline import config_checks as validation
 from dopd_jax.models import hf_config
+from dopd_jax.pipeline import config_checks as validation
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BUDGET_BYTES = 80e9  # one 80 GB accelerator
 
 # The Hugging Face config.json values that matter for the math (Qwen3-8B, Qwen3-1.7B).
-_QWEN3 = dict(model_type="qwen3", vocab_size=151936, head_dim=128, rms_norm_eps=1e-6,
-              rope_theta=1000000.0, torch_dtype="bfloat16", hidden_act="silu",
-              attention_bias=False, use_sliding_window=False, sliding_window=None)
-QWEN3_8B = dict(_QWEN3, hidden_size=4096, num_hidden_layers=36, num_attention_heads=32,
-                num_key_value_heads=8, intermediate_size=12288, tie_word_embeddings=False)
-QWEN3_1P7B = dict(_QWEN3, hidden_size=2048, num_hidden_layers=28, num_attention_heads=16,
-                  num_key_value_heads=8, intermediate_size=6144, tie_word_embeddings=True)
+_QWEN3 = dict(
+    model_type="qwen3",
+    vocab_size=151936,
+    head_dim=128,
+    rms_norm_eps=1e-6,
+    rope_theta=1000000.0,
+    torch_dtype="bfloat16",
+    hidden_act="silu",
+    attention_bias=False,
+    use_sliding_window=False,
+    sliding_window=None,
+)
+QWEN3_8B = dict(
+    _QWEN3,
+    hidden_size=4096,
+    num_hidden_layers=36,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    intermediate_size=12288,
+    tie_word_embeddings=False,
+)
+QWEN3_1P7B = dict(
+    _QWEN3,
+    hidden_size=2048,
+    num_hidden_layers=28,
+    num_attention_heads=16,
+    num_key_value_heads=8,
+    intermediate_size=6144,
+    tie_word_embeddings=True,
+)
 
 
 def _load(path, name):
@@ -62,7 +86,12 @@ def test_paper_config_is_qwen3_8b_to_1p7b_with_paper_hyperparameters(bench, expe
     assert student == hf_config.config_from_hf(QWEN3_1P7B)
     d = c.distill
     assert (d.lr, d.steps, d.batch_prompts, d.n_samples, c.method_args.dopd.top_k) == (
-        5e-6, 200, 128, 4, 128)
+        5e-6,
+        200,
+        128,
+        4,
+        128,
+    )
     assert {"dopd", "opd"} <= set(d.methods)
     assert (c.task.max_prompt_len, c.task.max_priv_len, d.max_new_tokens) == (1024, 2048, 2048)
     assert jax.device_count() == 8  # the paper mesh below is built on these

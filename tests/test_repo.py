@@ -1,4 +1,5 @@
 """Repository contracts: README's two commands, CI calling the test one verbatim."""
+
 import pathlib
 import re
 

@@ -5,6 +5,7 @@ The end-to-end runs share a JAX persistent compilation cache so restarts do
 not recompile; the uninterrupted reference compiles cold, so its equality
 with the resumed runs also shows the cache does not change numerics.
 """
+
 import glob
 import json
 import os
@@ -23,14 +24,14 @@ import orbax.checkpoint as ocp
 import pytest
 
 from dopd_jax import steps as steps_lib
-from dopd_jax.trainer import loop as train
 from dopd_jax.trainer import checkpoints as train_checkpoint
-from dopd_jax.trainer.metric_writer import read_metrics
+from dopd_jax.trainer import loop as train
 from dopd_jax.trainer.checkpoints import StageCheckpointer
+from dopd_jax.trainer.metric_writer import read_metrics
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TIMING_KEYS = {"time_rollout", "time_score", "time_update", "tokens_per_sec"}
-CONFIG = '''
+CONFIG = """
 from dopd_jax.pipeline import config as config_lib
 
 def get_config(arg=None):
@@ -39,7 +40,7 @@ def get_config(arg=None):
     c.teacher.checkpoint_every = c.student.checkpoint_every = c.distill.checkpoint_every = 2
     c.distill.steps, c.distill.methods = 8, ("dopd",)
     return c
-'''
+"""
 
 
 # ---------------------------------------------------------------- the manager
@@ -47,8 +48,10 @@ def get_config(arg=None):
 
 def _state(scale=1.0, d=4):
     # w is large enough for orbax to store it out of line (small arrays sit in the index)
-    params = {"w": jnp.arange(d * 512, dtype=jnp.float32).reshape(d, 512) * scale,
-              "b": jnp.ones((3,), jnp.bfloat16) * scale}
+    params = {
+        "w": jnp.arange(d * 512, dtype=jnp.float32).reshape(d, 512) * scale,
+        "b": jnp.ones((3,), jnp.bfloat16) * scale,
+    }
     return steps_lib.init_state(params, optax.adam(1e-3), keep_ref=True)
 
 
@@ -61,8 +64,11 @@ def _saved(tmp_path, steps=(1, 2, 3), keep=2, config=None):
 
 
 def _tree_bytes(directory):
-    return {p: pathlib.Path(p).read_bytes()
-            for p in sorted(glob.glob(f"{directory}/**", recursive=True)) if os.path.isfile(p)}
+    return {
+        p: pathlib.Path(p).read_bytes()
+        for p in sorted(glob.glob(f"{directory}/**", recursive=True))
+        if os.path.isfile(p)
+    }
 
 
 def test_roundtrip_restores_latest_exactly_and_keeps_n(tmp_path):
@@ -137,8 +143,12 @@ def test_other_shapes_name_the_leaf_and_keep_files(tmp_path):
 
 
 def test_fingerprint_sees_any_single_bit_and_every_dtype():
-    tree = {"f": jnp.linspace(-1, 1, 64), "h": jnp.ones(5, jnp.bfloat16),
-            "i": jnp.arange(7, dtype=jnp.int32), "m": jnp.array([True, False])}
+    tree = {
+        "f": jnp.linspace(-1, 1, 64),
+        "h": jnp.ones(5, jnp.bfloat16),
+        "i": jnp.arange(7, dtype=jnp.int32),
+        "m": jnp.array([True, False]),
+    }
     base = train_checkpoint.fingerprint(tree)
     for bit in (0, 13, 31):
         words = np.asarray(tree["f"]).view(np.uint32).copy()
@@ -155,7 +165,10 @@ def test_drop_metrics_after_keeps_other_runs_and_drops_torn_line(tmp_path):
     (tmp_path / "metrics.jsonl").write_text(text)
     assert train_checkpoint.drop_metrics_after(str(tmp_path), "a", 4, log=lambda m: None) == 2
     assert [(r["run"], r["step"]) for r in read_metrics(str(tmp_path))] == [
-        ("a", 2), ("a", 4), ("b", 8)]
+        ("a", 2),
+        ("a", 4),
+        ("b", 8),
+    ]
 
 
 # ---------------------------------------------------------------- the loop hooks
@@ -169,33 +182,52 @@ def _count_fn(state, batch):
 
 def _batches():
     while True:
-        yield steps_lib.SFTBatch(np.ones((1, 2), np.int32), np.ones((1, 2), np.int32),
-                                 np.ones((1, 2), bool), np.ones((1, 2), bool))
+        yield steps_lib.SFTBatch(
+            np.ones((1, 2), np.int32),
+            np.ones((1, 2), np.int32),
+            np.ones((1, 2), bool),
+            np.ones((1, 2), bool),
+        )
 
 
 def test_run_sft_checkpoints_every_n_and_at_end_after_flushing_metrics():
     events = []
-    hooks = train.LoopHooks(write=lambda s, m: events.append(("log", s)),
-                            checkpoint=lambda s, st: events.append(("ckpt", s, int(st.step))),
-                            checkpoint_every=3, log_every=2)
+    hooks = train.LoopHooks(
+        write=lambda s, m: events.append(("log", s)),
+        checkpoint=lambda s, st: events.append(("ckpt", s, int(st.step))),
+        checkpoint_every=3,
+        log_every=2,
+    )
     state = steps_lib.TrainState({}, (), None, jnp.int32(1))
     state = train.run_sft(_count_fn, state, _batches(), 7, hooks, start_step=1)
     assert int(state.step) == 7
-    assert events == [("log", 2), ("ckpt", 3, 3), ("log", 4), ("log", 6), ("ckpt", 6, 6),
-                      ("log", 7), ("ckpt", 7, 7)]
+    assert events == [
+        ("log", 2),
+        ("ckpt", 3, 3),
+        ("log", 4),
+        ("log", 6),
+        ("ckpt", 6, 6),
+        ("log", 7),
+        ("ckpt", 7, 7),
+    ]
 
 
 def test_sigterm_finishes_step_checkpoints_and_raises_interrupted():
     saved, warned = [], []
     previous = signal.getsignal(signal.SIGTERM)
     with train.sigterm_flag() as stop:
+
         def step_fn(state, batch):
             if int(state.step) == 2:
                 os.kill(os.getpid(), signal.SIGTERM)
             return _count_fn(state, batch)
 
-        hooks = train.LoopHooks(checkpoint=lambda s, st: saved.append(s), checkpoint_every=100,
-                                stop_requested=stop, warn=warned.append)
+        hooks = train.LoopHooks(
+            checkpoint=lambda s, st: saved.append(s),
+            checkpoint_every=100,
+            stop_requested=stop,
+            warn=warned.append,
+        )
         state = steps_lib.TrainState({}, (), None, jnp.int32(0))
         with pytest.raises(train.Interrupted) as info:
             train.run_sft(step_fn, state, _batches(), 10, hooks)
@@ -211,10 +243,14 @@ def test_sigterm_finishes_step_checkpoints_and_raises_interrupted():
 def e2e(tmp_path_factory):
     root = tmp_path_factory.mktemp("resume")
     (root / "resume_cfg.py").write_text(CONFIG)
-    env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu",
-               JAX_COMPILATION_CACHE_DIR=str(root / "jax_cache"),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    env = dict(
+        os.environ,
+        XLA_FLAGS="",
+        JAX_PLATFORMS="cpu",
+        JAX_COMPILATION_CACHE_DIR=str(root / "jax_cache"),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+    )
     ref = root / "reference"
     proc = _run(root, env, ref)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -222,24 +258,47 @@ def e2e(tmp_path_factory):
 
 
 def _cmd(root, workdir, *overrides):
-    return [sys.executable, "-m", "dopd_jax.run", "--config", str(root / "resume_cfg.py"),
-            "--workdir", str(workdir), *overrides]
+    return [
+        sys.executable,
+        "-m",
+        "dopd_jax.run",
+        "--config",
+        str(root / "resume_cfg.py"),
+        "--workdir",
+        str(workdir),
+        *overrides,
+    ]
 
 
 def _run(root, env, workdir, *overrides):
-    return subprocess.run(_cmd(root, workdir, *overrides), cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        _cmd(root, workdir, *overrides),
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def _committed_steps(stage_dir):
-    return sorted(int(p.name) for p in pathlib.Path(stage_dir).glob("*")
-                  if p.name.isdigit() and (p / train_checkpoint.COMMIT_MARKER).exists())
+    return sorted(
+        int(p.name)
+        for p in pathlib.Path(stage_dir).glob("*")
+        if p.name.isdigit() and (p / train_checkpoint.COMMIT_MARKER).exists()
+    )
 
 
 def _start_and_signal(root, env, workdir, sig):
     """Starts a run and sends ``sig`` once distill/dopd has a checkpoint at step >= 2."""
-    proc = subprocess.Popen(_cmd(root, workdir), cwd=ROOT, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        _cmd(root, workdir),
+        cwd=ROOT,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.time() + 300
     while not _committed_steps(workdir / "ckpt/distill/dopd") and time.time() < deadline:
         assert proc.poll() is None, proc.communicate()[1][-3000:]
@@ -270,8 +329,9 @@ def _assert_same_arrays(a, b):
 def _assert_same_outcome(workdir, ref):
     assert _records(workdir) == _records(ref)
     _assert_same_arrays(workdir / "ckpt/distill/dopd/8/state", ref / "ckpt/distill/dopd/8/state")
-    got, want = (json.loads((w / "results.json").read_text())["methods"]["dopd"]
-                 for w in (workdir, ref))
+    got, want = (
+        json.loads((w / "results.json").read_text())["methods"]["dopd"] for w in (workdir, ref)
+    )
     got.pop("wall_time_s"), want.pop("wall_time_s")
     assert got == want
 

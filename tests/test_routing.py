@@ -1,4 +1,5 @@
 """Trimmed batch means and DOPD regime routing vs NumPy references."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -44,8 +45,11 @@ def test_trimmed_mean_with_ties_and_float_mask(outlier_fraction):
     np.testing.assert_allclose(got, np_trimmed_mean(x, mask, outlier_fraction), rtol=1e-6)
     # An integer percentile position (n - 1 = 20, q = 0.95 -> index 19 exactly).
     x21, m21 = np.arange(21, dtype=np.float32)[None], np.ones((1, 21), bool)
-    np.testing.assert_allclose(routing.trimmed_mean(jnp.asarray(x21), jnp.asarray(m21)),
-                               np_trimmed_mean(x21, m21, 0.05), rtol=1e-6)
+    np.testing.assert_allclose(
+        routing.trimmed_mean(jnp.asarray(x21), jnp.asarray(m21)),
+        np_trimmed_mean(x21, m21, 0.05),
+        rtol=1e-6,
+    )
 
 
 def test_trimmed_mean_edge_cases():
@@ -67,20 +71,29 @@ def test_trimmed_mean_edge_cases():
 def np_regimes(gap, qS, qT, mask, a_bar, qS_bar, qT_bar):
     small, valid = gap < a_bar, mask > 0
     confident = qS + qT >= qS_bar + qT_bar
-    return {"LH": valid & small & confident, "LL": valid & small & ~confident,
-            "HT": valid & ~small & (qT >= qS), "HS": valid & ~small & (qT < qS)}
+    return {
+        "LH": valid & small & confident,
+        "LL": valid & small & ~confident,
+        "HT": valid & ~small & (qT >= qS),
+        "HS": valid & ~small & (qT < qS),
+    }
 
 
 @pytest.mark.parametrize("gap_threshold", [None, 0.7])
 def test_regimes_match_numpy_and_partition(gap_threshold):
     gap, qS, qT, mask = _stats(4)
     regimes, refs = routing.dopd_regimes(
-        jnp.asarray(gap), jnp.asarray(qS), jnp.asarray(qT), jnp.asarray(mask),
-        gap_threshold=gap_threshold)
-    want_refs = {"A_bar": np_trimmed_mean(gap, mask, 0.05) if gap_threshold is None
-                 else gap_threshold,
-                 "qS_bar": np_trimmed_mean(qS, mask, 0.05),
-                 "qT_bar": np_trimmed_mean(qT, mask, 0.05)}
+        jnp.asarray(gap),
+        jnp.asarray(qS),
+        jnp.asarray(qT),
+        jnp.asarray(mask),
+        gap_threshold=gap_threshold,
+    )
+    want_refs = {
+        "A_bar": np_trimmed_mean(gap, mask, 0.05) if gap_threshold is None else gap_threshold,
+        "qS_bar": np_trimmed_mean(qS, mask, 0.05),
+        "qT_bar": np_trimmed_mean(qT, mask, 0.05),
+    }
     for name, value in want_refs.items():
         np.testing.assert_allclose(refs[name], value, rtol=1e-6)
     want = np_regimes(gap, qS, qT, mask, *(np.float32(refs[k]) for k in want_refs))
@@ -98,8 +111,9 @@ def test_partition_survives_nan_statistics():
     gap, qS, qT, mask = _stats(5)
     gap[0, :3] = np.nan
     qS[1, :2] = np.nan
-    regimes, _ = routing.dopd_regimes(jnp.asarray(gap), jnp.asarray(qS), jnp.asarray(qT),
-                                      jnp.asarray(mask), gap_threshold=0.5)
+    regimes, _ = routing.dopd_regimes(
+        jnp.asarray(gap), jnp.asarray(qS), jnp.asarray(qT), jnp.asarray(mask), gap_threshold=0.5
+    )
     total = sum(np.asarray(r) for r in regimes.values())
     np.testing.assert_array_equal(total, mask.astype(np.float32))
 
@@ -116,8 +130,13 @@ def _worked_example():
 def test_worked_example(gap_threshold):
     gap, qS, qT, mask = _worked_example()
     np.testing.assert_allclose(gap[0, :2], [0.057, 1.0986], atol=1e-3)
-    regimes, refs = routing.dopd_regimes(jnp.asarray(gap), jnp.asarray(qS), jnp.asarray(qT),
-                                         jnp.asarray(mask), gap_threshold=gap_threshold)
+    regimes, refs = routing.dopd_regimes(
+        jnp.asarray(gap),
+        jnp.asarray(qS),
+        jnp.asarray(qT),
+        jnp.asarray(mask),
+        gap_threshold=gap_threshold,
+    )
     assert 0.057 < float(refs["A_bar"]) < 1.0986
     assert float(regimes["LH"][0, 0]) == 1.0  # A: small gap, confident: light
     assert float(regimes["HT"][0, 1]) == 1.0  # B: large gap, teacher ahead: strong JS
@@ -130,12 +149,16 @@ def test_regimes_jit_parity_and_table():
     jax.tree.map(np.testing.assert_array_equal, eager[0], jitted[0])
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), eager[1], jitted[1])
     assert routing.ROUTING_RULES["dopd"] is routing.dopd_regimes
-    table = {k: (s.target, s.kind, s.top_k, s.default_weight)
-             for k, s in routing.DOPD_REGIME_SPECS.items()}
-    assert table == {"LH": ("teacher", "rkl", True, 0.6),
-                     "LL": ("priv_student", "rkl", True, 0.3),
-                     "HT": ("teacher", "jsd", False, 1.0),
-                     "HS": ("priv_student", "rkl", True, 0.6)}
+    table = {
+        k: (s.target, s.kind, s.top_k, s.default_weight)
+        for k, s in routing.DOPD_REGIME_SPECS.items()
+    }
+    assert table == {
+        "LH": ("teacher", "rkl", True, 0.6),
+        "LL": ("priv_student", "rkl", True, 0.3),
+        "HT": ("teacher", "jsd", False, 1.0),
+        "HS": ("priv_student", "rkl", True, 0.6),
+    }
 
 
 def test_privilege_stats_use_sampled_tokens():
@@ -144,11 +167,13 @@ def test_privilege_stats_use_sampled_tokens():
     tokens = rng.integers(0, 5, (2, 3))
     stats = routing.privilege_stats(jnp.asarray(s), jnp.asarray(t), jnp.asarray(tokens))
     pick = lambda x: np.take_along_axis(
-        np.exp(x) / np.exp(x).sum(-1, keepdims=True), tokens[..., None], -1)[..., 0]
+        np.exp(x) / np.exp(x).sum(-1, keepdims=True), tokens[..., None], -1
+    )[..., 0]
     np.testing.assert_allclose(stats["qS"], pick(s), rtol=1e-5)
     np.testing.assert_allclose(stats["qT"], pick(t), rtol=1e-5)
-    np.testing.assert_allclose(stats["gap"], np.abs(np.log(pick(t) / pick(s))), rtol=1e-4,
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        stats["gap"], np.abs(np.log(pick(t) / pick(s))), rtol=1e-4, atol=1e-6
+    )
 
 
 def test_bad_arguments_raise_and_batch_mean_alias():

@@ -1,5 +1,6 @@
 """Sharding on 8 simulated CPU devices: meshes, rules, sharded init, batch placement,
 and step parity (one device vs 2x2x2 and 8x1x1 meshes), donation and recompile guards."""
+
 import logging
 
 import jax
@@ -8,21 +9,31 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
-from jax.sharding import AxisType, PartitionSpec as P
+from jax.sharding import AxisType
+from jax.sharding import PartitionSpec as P
 
-from dopd_jax.steps import rollout as rollout_lib
 from dopd_jax import sharding, steps
-from dopd_jax.sharding import rules as sharding_rules
 from dopd_jax.methods import get_method
 from dopd_jax.models import ModelConfig, Transformer
+from dopd_jax.sharding import rules as sharding_rules
+from dopd_jax.steps import rollout as rollout_lib
 
 V = 24
 CUBE = {"data": 2, "fsdp": 2, "tensor": 2}
 
 
 def _cfg(d=16, vocab=V, **kw):
-    return ModelConfig(vocab_size=vocab, d_model=d, n_layers=1, n_heads=2, n_kv_heads=2,
-                       head_dim=d // 2, d_ff=2 * d, qk_norm=True, **kw)
+    return ModelConfig(
+        vocab_size=vocab,
+        d_model=d,
+        n_layers=1,
+        n_heads=2,
+        n_kv_heads=2,
+        head_dim=d // 2,
+        d_ff=2 * d,
+        qk_norm=True,
+        **kw,
+    )
 
 
 def _abstract(cfg):
@@ -30,8 +41,12 @@ def _abstract(cfg):
 
 
 def _flat(tree):
-    return {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_flatten_with_path(
-        tree, is_leaf=lambda x: isinstance(x, P))[0]}
+    return {
+        jax.tree_util.keystr(k): v
+        for k, v in jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: isinstance(x, P))[
+            0
+        ]
+    }
 
 
 def test_make_mesh_shapes_and_auto_axes():
@@ -43,22 +58,24 @@ def test_make_mesh_shapes_and_auto_axes():
     assert small.devices.size == 2
 
 
-@pytest.mark.parametrize("shape,match", [
-    ({"data": 3}, "does not match the 8 devices"),
-    ({"data": 3, "tensor": -1}, "does not match the 8 devices"),
-    ({"data": -1, "fsdp": -1}, "at most one -1"),
-    ({"data": 0, "fsdp": 8}, "positive ints"),
-    ({"model": 8}, "not used by the sharding rules"),
-    ({}, "empty"),
-])
+@pytest.mark.parametrize(
+    "shape,match",
+    [
+        ({"data": 3}, "does not match the 8 devices"),
+        ({"data": 3, "tensor": -1}, "does not match the 8 devices"),
+        ({"data": -1, "fsdp": -1}, "at most one -1"),
+        ({"data": 0, "fsdp": 8}, "positive ints"),
+        ({"model": 8}, "not used by the sharding rules"),
+        ({}, "empty"),
+    ],
+)
 def test_make_mesh_rejects_bad_shapes(shape, match):
     with pytest.raises(ValueError, match=match):
         sharding.make_mesh(shape)
 
 
 def test_transformer_partition_specs():
-    specs = _flat(sharding_rules.param_partition_specs(_abstract(_cfg(tie_embeddings=False)),
-                                                       CUBE))
+    specs = _flat(sharding_rules.param_partition_specs(_abstract(_cfg(tie_embeddings=False)), CUBE))
     layer = "['layers'][0]"
     expected = {
         "['embed']['embedding']": P("tensor", "fsdp"),
@@ -117,8 +134,9 @@ def test_optimizer_state_follows_param_shardings():
 
 def _sft_batch(rows):
     ids = np.random.default_rng(0).integers(4, V, size=(rows, 9)).astype(np.int32)
-    return steps.SFTBatch(ids[:, :-1], ids[:, 1:], np.arange(8)[None].repeat(rows, 0) >= 3,
-                          np.ones((rows, 8), bool))
+    return steps.SFTBatch(
+        ids[:, :-1], ids[:, 1:], np.arange(8)[None].repeat(rows, 0) >= 3, np.ones((rows, 8), bool)
+    )
 
 
 def test_batch_placement_and_row_errors():
@@ -187,8 +205,13 @@ def _run(mesh_shape, n_distill=3):
         state, m = sft_fn(state, place(_sft_batch(8)))
         out["sft"].append(float(m["loss"]))
     sampler = rollout_lib.SamplerConfig(max_new_tokens=5, eos_id=1, pad_id=0, n_samples=2)
-    spec = steps.DistillSpec(get_method("dopd"), get_method("dopd").make_config({"top_k": 8}),
-                             sampler, log_passes=(), diag_top_k=8)
+    spec = steps.DistillSpec(
+        get_method("dopd"),
+        get_method("dopd").make_config({"top_k": 8}),
+        sampler,
+        log_passes=(),
+        diag_top_k=8,
+    )
     fns = steps.make_distill_fns({"student": gs, "teacher": gt}, opt, spec, shardings=sh)
     log = _CompileLog()
     logging.getLogger("jax").addHandler(log)
@@ -197,13 +220,17 @@ def _run(mesh_shape, n_distill=3):
             with jax.log_compiles(i > 0):  # new data, same shapes: must not recompile
                 batch = place(_distill_batch(i))
                 ro = fns.rollout(state, batch, jax.random.key(7))
-                old, (state, m) = state, fns.update(state, ro, fns.score(state, {"teacher": pt}, batch, ro))
+                old, (state, m) = (
+                    state,
+                    fns.update(state, ro, fns.score(state, {"teacher": pt}, batch, ro)),
+                )
                 out["distill"].append(float(m["loss"]))
                 out["frac_HS"].append(float(m["frac_HS"]))
     finally:
         logging.getLogger("jax").removeHandler(log)
-    out.update(params=jax.device_get(state.params), teacher=pt, old_state=old,
-               compiles=log.messages)
+    out.update(
+        params=jax.device_get(state.params), teacher=pt, old_state=old, compiles=log.messages
+    )
     return out
 
 
@@ -212,19 +239,24 @@ def reference():
     return _run(None)
 
 
-@pytest.mark.parametrize("mesh_shape", [CUBE, {"data": 8, "fsdp": 1, "tensor": 1}],
-                         ids=["2x2x2", "8x1x1"])
+@pytest.mark.parametrize(
+    "mesh_shape", [CUBE, {"data": 8, "fsdp": 1, "tensor": 1}], ids=["2x2x2", "8x1x1"]
+)
 def test_sharded_steps_match_single_device(reference, mesh_shape):
     assert reference["compiles"] == [], reference["compiles"]
     got = _run(mesh_shape)
     for key in ("sft", "distill", "frac_HS"):
         np.testing.assert_allclose(got[key], reference[key], rtol=1e-4, atol=1e-6, err_msg=key)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
-                 got["params"], reference["params"])
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+        got["params"],
+        reference["params"],
+    )
     assert got["compiles"] == [], got["compiles"]  # no recompilation after step 1
     q = got["old_state"].params["layers"][0]["attn"]["q_proj"]["kernel"][...]
     assert q.is_deleted()  # the student state was donated ...
     teacher = jax.tree.leaves(got["teacher"])
     assert not any(x.is_deleted() for x in teacher)  # ... the teacher never is
     assert float(sum(jnp.sum(x) for x in teacher)) == pytest.approx(
-        float(sum(jnp.sum(x) for x in jax.tree.leaves(reference["teacher"]))), rel=1e-5)
+        float(sum(jnp.sum(x) for x in jax.tree.leaves(reference["teacher"]))), rel=1e-5
+    )

@@ -1,4 +1,5 @@
 """Step functions: learning on a fixed batch, trace guards, jit parity, ref params."""
+
 import dataclasses
 import functools
 
@@ -9,18 +10,19 @@ import optax
 import pytest
 from flax import nnx
 
-from dopd_jax.steps import rollout as rollout_lib
 from dopd_jax import steps
 from dopd_jax.methods import METHODS, get_method
 from dopd_jax.models import ModelConfig, Transformer
+from dopd_jax.steps import rollout as rollout_lib
 
 V = 24
 EOS, PAD = 1, 0
 
 
 def _model(seed, d=16):
-    cfg = ModelConfig(vocab_size=V, d_model=d, n_layers=1, n_heads=2, n_kv_heads=1,
-                      head_dim=d // 2, d_ff=2 * d)
+    cfg = ModelConfig(
+        vocab_size=V, d_model=d, n_layers=1, n_heads=2, n_kv_heads=1, head_dim=d // 2, d_ff=2 * d
+    )
     return nnx.split(Transformer(cfg, rngs=nnx.Rngs(seed)))
 
 
@@ -33,11 +35,12 @@ def _batch(rng, b=4, p=6, q=10):
     for i, n in enumerate(lens):
         ids = rng.integers(4, V, size=n)
         hint = rng.integers(4, V, size=q - p)
-        prompt[i, p - n:], mask[i, p - n:] = ids, True
+        prompt[i, p - n :], mask[i, p - n :] = ids, True
         full = np.concatenate([ids, hint])
-        priv[i, q - len(full):], pmask[i, q - len(full):] = full, True
-    return steps.DistillBatch(jnp.asarray(prompt), jnp.asarray(mask), jnp.asarray(priv),
-                              jnp.asarray(pmask))
+        priv[i, q - len(full) :], pmask[i, q - len(full) :] = full, True
+    return steps.DistillBatch(
+        jnp.asarray(prompt), jnp.asarray(mask), jnp.asarray(priv), jnp.asarray(pmask)
+    )
 
 
 def _spec(method, **kw):
@@ -59,9 +62,15 @@ def setup():
     return gs, ps, gt, pt, _batch(np.random.default_rng(0))
 
 
-@pytest.mark.parametrize("method,loss_kw", [
-    ("dopd", {}), ("opd", {"form": "analytic"}), ("opsd", {}), ("privt", {"form": "analytic"}),
-])
+@pytest.mark.parametrize(
+    "method,loss_kw",
+    [
+        ("dopd", {}),
+        ("opd", {"form": "analytic"}),
+        ("opsd", {}),
+        ("privt", {"form": "analytic"}),
+    ],
+)
 def test_update_lowers_loss_on_fixed_batch(setup, method, loss_kw):
     gs, ps, gt, pt, batch = setup
     spec = _spec(method, **loss_kw)
@@ -125,8 +134,9 @@ def test_distill_step_jit_parity(setup):
     s2, m2 = jax.jit(step)(state, {"teacher": pt}, batch, jax.random.key(3))
     for k in ("loss", "frac_HS", "A_bar", "kl_to_teacher", "kl_to_priv_teacher"):
         np.testing.assert_allclose(m1[k], m2[k], rtol=1e-4, atol=1e-5, err_msg=k)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
-                 s1.params, s2.params)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), s1.params, s2.params
+    )
 
 
 def test_teacher_params_get_no_update_and_ref_modes(setup):
@@ -136,8 +146,9 @@ def test_teacher_params_get_no_update_and_ref_modes(setup):
         spec = _spec("dopd", priv_student=mode)
         state = steps.init_state(jax.tree.map(jnp.copy, ps), opt, keep_ref=True)
         ref0 = jax.tree.map(jnp.copy, state.ref_params)
-        new, _ = steps.distill_step(_g(gs, gt), opt, spec, state, {"teacher": pt}, batch,
-                                    jax.random.key(0))
+        new, _ = steps.distill_step(
+            _g(gs, gt), opt, spec, state, {"teacher": pt}, batch, jax.random.key(0)
+        )
         delta = optax.tree.norm(jax.tree.map(jnp.subtract, new.ref_params, ref0))
         assert (float(delta) == 0.0) == (mode == "frozen"), mode
 
@@ -158,9 +169,12 @@ def test_sft_step_lowers_loss():
     state = steps.init_state(ps, opt, keep_ref=False)
     rng = np.random.default_rng(0)
     ids = rng.integers(4, V, size=(4, 9)).astype(np.int32)
-    batch = steps.SFTBatch(jnp.asarray(ids[:, :-1]), jnp.asarray(ids[:, 1:]),
-                           jnp.asarray(np.arange(8)[None].repeat(4, 0) >= 3),
-                           jnp.ones((4, 8), bool))
+    batch = steps.SFTBatch(
+        jnp.asarray(ids[:, :-1]),
+        jnp.asarray(ids[:, 1:]),
+        jnp.asarray(np.arange(8)[None].repeat(4, 0) >= 3),
+        jnp.ones((4, 8), bool),
+    )
     fn = steps.make_sft_fn(gs, opt)
     first = None
     for _ in range(20):

@@ -1,4 +1,5 @@
 """Built-in verifiers, user verifiers by import path, and answer checks."""
+
 from __future__ import annotations
 
 from decimal import Decimal
@@ -7,48 +8,63 @@ import pytest
 
 from dopd_jax.data.example import Example
 from dopd_jax.data.verifiers import (
-    VERIFIERS, check_answers, get_verifier, last_boxed, last_number, normalize_math)
+    VERIFIERS,
+    check_answers,
+    get_verifier,
+    last_boxed,
+    last_number,
+    normalize_math,
+)
 
 
 def _ex(answer: str | None) -> Example:
     return Example(prompt="Q: ?", answer=answer)
 
 
-@pytest.mark.parametrize("answer, response, ok", [
-    ("166", " 166 ", True),
-    (" 166\n", "166", True),
-    ("166", "A: 166", False),
-    ("166", "1666", False),
-])
+@pytest.mark.parametrize(
+    "answer, response, ok",
+    [
+        ("166", " 166 ", True),
+        (" 166\n", "166", True),
+        ("166", "A: 166", False),
+        ("166", "1666", False),
+    ],
+)
 def test_exact(answer, response, ok):
     assert get_verifier("exact")(_ex(answer), response) is ok
 
 
-@pytest.mark.parametrize("answer, response, ok", [
-    ("166", " 37*4=148 148+18=166 A: 166", True),
-    ("166", "A: 12 no wait A:  166 ", True),
-    ("166", "A: 166 then A: 12", False),
-    ("166", "A: 166\nmore text", True),
-    ("166", "A: 166 apples", False),
-    ("166", "the answer is 166", False),
-    ("224579", "2 2 4 5 7 9 A: 224579", True),
-])
+@pytest.mark.parametrize(
+    "answer, response, ok",
+    [
+        ("166", " 37*4=148 148+18=166 A: 166", True),
+        ("166", "A: 12 no wait A:  166 ", True),
+        ("166", "A: 166 then A: 12", False),
+        ("166", "A: 166\nmore text", True),
+        ("166", "A: 166 apples", False),
+        ("166", "the answer is 166", False),
+        ("224579", "2 2 4 5 7 9 A: 224579", True),
+    ],
+)
 def test_marker(answer, response, ok):
     assert get_verifier("marker")(_ex(answer), response) is ok
 
 
-@pytest.mark.parametrize("answer, response, ok", [
-    ("3", "so it is 3.0", True),
-    ("1000", "total: 1,000 apples", True),
-    ("1,000", "1000", True),
-    ("1234567", "1,234,567.", True),
-    ("-5", "x = -5", True),
-    ("18", "25-7=18", True),
-    ("0.5", "first 2, then .5 or 0.50", True),
-    ("7", "7 then 8", False),
-    ("7", "no number here", False),
-    ("-5", "5", False),
-])
+@pytest.mark.parametrize(
+    "answer, response, ok",
+    [
+        ("3", "so it is 3.0", True),
+        ("1000", "total: 1,000 apples", True),
+        ("1,000", "1000", True),
+        ("1234567", "1,234,567.", True),
+        ("-5", "x = -5", True),
+        ("18", "25-7=18", True),
+        ("0.5", "first 2, then .5 or 0.50", True),
+        ("7", "7 then 8", False),
+        ("7", "no number here", False),
+        ("-5", "5", False),
+    ],
+)
 def test_last_number(answer, response, ok):
     assert get_verifier("last_number")(_ex(answer), response) is ok
 
@@ -66,24 +82,27 @@ def test_last_number_answer_without_number_raises():
         get_verifier("last_number")(_ex("seven"), "7")
 
 
-@pytest.mark.parametrize("answer, response, ok", [
-    ("\\frac{1}{2}", "so \\boxed{\\dfrac{1}{2}}.", True),
-    ("\\boxed{\\frac{1}{2}}", "\\boxed{\\tfrac{1}{2}}", True),
-    ("\\frac{\\sqrt{3}}{2}", "\\boxed{\\frac{\\sqrt{3}}{2}}", True),
-    ("\\frac{\\sqrt{3}}{2}", "\\boxed{\\frac{\\sqrt{2}}{2}}", False),
-    ("(1, 2)", "\\boxed{\\left( 1,2 \\right)}", True),
-    ("5", "\\boxed{5.0}", True),
-    ("1000", "\\boxed{1,000}", True),
-    ("90", "\\boxed{90^\\circ}", True),
-    ("90", "\\boxed{90^{\\circ}}", True),
-    ("10", "\\boxed{\\text{10}}", True),
-    ("x+1", "\\boxed{$x + 1$}", True),
-    ("3", "\\boxed{3\\!}.", True),
-    ("3", "\\boxed{4} then \\boxed{3}", True),
-    ("4", "\\boxed{4} then \\boxed{3}", False),
-    ("3", "the answer is 3", False),
-    ("3", "\\boxed{3", False),
-])
+@pytest.mark.parametrize(
+    "answer, response, ok",
+    [
+        ("\\frac{1}{2}", "so \\boxed{\\dfrac{1}{2}}.", True),
+        ("\\boxed{\\frac{1}{2}}", "\\boxed{\\tfrac{1}{2}}", True),
+        ("\\frac{\\sqrt{3}}{2}", "\\boxed{\\frac{\\sqrt{3}}{2}}", True),
+        ("\\frac{\\sqrt{3}}{2}", "\\boxed{\\frac{\\sqrt{2}}{2}}", False),
+        ("(1, 2)", "\\boxed{\\left( 1,2 \\right)}", True),
+        ("5", "\\boxed{5.0}", True),
+        ("1000", "\\boxed{1,000}", True),
+        ("90", "\\boxed{90^\\circ}", True),
+        ("90", "\\boxed{90^{\\circ}}", True),
+        ("10", "\\boxed{\\text{10}}", True),
+        ("x+1", "\\boxed{$x + 1$}", True),
+        ("3", "\\boxed{3\\!}.", True),
+        ("3", "\\boxed{4} then \\boxed{3}", True),
+        ("4", "\\boxed{4} then \\boxed{3}", False),
+        ("3", "the answer is 3", False),
+        ("3", "\\boxed{3", False),
+    ],
+)
 def test_boxed(answer, response, ok):
     assert get_verifier("boxed")(_ex(answer), response) is ok
 
@@ -112,7 +131,8 @@ def test_user_verifier_by_import_path(tmp_path, monkeypatch):
     (tmp_path / "my_verifiers.py").write_text(
         "def starts(example, text):\n"
         "    return text.startswith(example.answer)\n"
-        "NOT_A_FUNCTION = 3\n")
+        "NOT_A_FUNCTION = 3\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     verify = get_verifier("my_verifiers:starts")
     assert verify(_ex("ab"), "abc") and not verify(_ex("ab"), "cab")

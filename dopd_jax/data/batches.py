@@ -5,6 +5,7 @@ evaluation); ``SFTBatch`` feeds teacher-forced supervised fine-tuning. The
 encoders (``data.encode``) build them as NumPy arrays of fixed width; the
 step functions take the same types holding ``jax.Array``s.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -13,10 +14,11 @@ import functools
 import jax
 
 
-@functools.partial(jax.tree_util.register_dataclass,
-                   data_fields=["prompt_BP", "prompt_mask_BP", "priv_BQ", "priv_mask_BQ",
-                                "domain_ids_B"],
-                   meta_fields=[])
+@functools.partial(
+    jax.tree_util.register_dataclass,
+    data_fields=["prompt_BP", "prompt_mask_BP", "priv_BQ", "priv_mask_BQ", "domain_ids_B"],
+    meta_fields=[],
+)
 @dataclasses.dataclass(frozen=True)
 class PromptBatch:
     """Prompts x and privileged prefixes x + p, one row per prompt (before n_samples).
@@ -31,9 +33,11 @@ class PromptBatch:
     domain_ids_B: jax.Array | None = None  # int32 [B] index of each row's domain (MOPD)
 
 
-@functools.partial(jax.tree_util.register_dataclass,
-                   data_fields=["inputs_BL", "targets_BL", "loss_mask_BL", "input_mask_BL"],
-                   meta_fields=[])
+@functools.partial(
+    jax.tree_util.register_dataclass,
+    data_fields=["inputs_BL", "targets_BL", "loss_mask_BL", "input_mask_BL"],
+    meta_fields=[],
+)
 @dataclasses.dataclass(frozen=True)
 class SFTBatch:
     """Teacher-forced sequences ``[BOS] x [p] y [EOS]``, right-padded to L.

@@ -6,6 +6,7 @@ fixed by the ``max_*`` arguments, not by the batch content, so jitted
 consumers compile once. Special ids (BOS, EOS, PAD) come from the tokenizer;
 a tokenizer without BOS (``bos_id is None``) starts sequences with x.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -29,8 +30,9 @@ def _pad(rows: list[list[int]], length: int, left: bool, pad_id: int):
 
 def _check_len(kind: str, row: int, got: int, limit: int) -> None:
     if got > limit:
-        raise ValueError(f"row {row}: {kind} has {got} tokens (BOS included), "
-                         f"above the limit {limit}")
+        raise ValueError(
+            f"row {row}: {kind} has {got} tokens (BOS included), above the limit {limit}"
+        )
 
 
 def _bos(tok) -> list[int]:
@@ -42,8 +44,9 @@ def domain_ids(examples: Sequence[Example], domains: Sequence[str]) -> np.ndarra
     index = {d: i for i, d in enumerate(domains)}
     for row, ex in enumerate(examples):
         if ex.domain not in index:
-            raise ValueError(f"row {row}: domain {ex.domain!r} is not in the "
-                             f"domain list {list(domains)}")
+            raise ValueError(
+                f"row {row}: domain {ex.domain!r} is not in the domain list {list(domains)}"
+            )
     return np.array([index[ex.domain] for ex in examples], np.int32)
 
 
@@ -56,8 +59,15 @@ def prompt_ids(ex: Example, tok, form: str) -> tuple[list[int], list[int]]:
     return prompt, prompt + tok.encode(ex.p(form))
 
 
-def encode_prompts(examples: Sequence[Example], tok, *, form: str, max_prompt_len: int,
-                   max_priv_len: int, domains: Sequence[str] | None = None) -> PromptBatch:
+def encode_prompts(
+    examples: Sequence[Example],
+    tok,
+    *,
+    form: str,
+    max_prompt_len: int,
+    max_priv_len: int,
+    domains: Sequence[str] | None = None,
+) -> PromptBatch:
     """Left-padded prompt and privileged-prefix batches (NumPy leaves).
 
     Args:
@@ -105,9 +115,16 @@ def sft_ids(ex: Example, tok, p_text: str) -> tuple[list[int], list[int]]:
     return prefix, tok.encode(y_text) + [tok.eos_id]
 
 
-def encode_sft(examples: Sequence[Example], tok, *, form: str | Sequence[str],
-               p_dropout: float, rng: np.random.Generator, max_len: int,
-               return_shown: bool = False):
+def encode_sft(
+    examples: Sequence[Example],
+    tok,
+    *,
+    form: str | Sequence[str],
+    p_dropout: float,
+    rng: np.random.Generator,
+    max_len: int,
+    return_shown: bool = False,
+):
     """Right-padded SFT batch with per-example privileged-context dropout.
 
     Args:
@@ -149,6 +166,6 @@ def encode_sft(examples: Sequence[Example], tok, *, form: str | Sequence[str],
     targets_BL, _ = _pad(targets, max_len, False, tok.pad_id)
     loss_mask = np.zeros((len(examples), max_len), bool)
     for row, m in enumerate(masks):
-        loss_mask[row, :len(m)] = m
+        loss_mask[row, : len(m)] = m
     batch = SFTBatch(inputs_BL, targets_BL, loss_mask, input_mask_BL)
     return (batch, np.array(shown, bool)) if return_shown else batch

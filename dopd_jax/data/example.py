@@ -5,6 +5,7 @@ a privileged context p and a response y that follow it start with one space
 (or other whitespace), because each segment is tokenized on its own and the
 ids are concatenated. Sources normalise their text to this convention.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -44,8 +45,10 @@ class Example:
         if form == NO_PRIVILEGE:
             return self.privileged.get(NO_PRIVILEGE, "")
         if form not in self.privileged:
-            raise KeyError(f"example has no privileged form {form!r}; it has "
-                           f"{sorted(self.privileged)} (prompt {self.prompt[:60]!r})")
+            raise KeyError(
+                f"example has no privileged form {form!r}; it has "
+                f"{sorted(self.privileged)} (prompt {self.prompt[:60]!r})"
+            )
         return self.privileged[form]
 
     def target(self, p_shown: bool) -> str | None:

@@ -6,6 +6,7 @@ form name -> string), ``response`` (the gold solution) and ``domain``. Texts are
 normalised to the segment convention of ``example.py``: the prompt loses its
 leading whitespace, privileged texts and the response gain one leading space.
 """
+
 from __future__ import annotations
 
 import json
@@ -56,8 +57,9 @@ def _answer(row: dict[str, Any], where: str) -> str | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise ValueError(f"{where}: key 'answer' must be a string or a number, "
-                         f"got {type(value).__name__}")
+        raise ValueError(
+            f"{where}: key 'answer' must be a string or a number, got {type(value).__name__}"
+        )
     answer = str(value).strip()
     if not answer:
         raise ValueError(f"{where}: key 'answer' is empty; omit the key when there is none")
@@ -72,15 +74,19 @@ def _privileged(row: dict[str, Any], where: str) -> dict[str, str]:
     if isinstance(value, str):
         value = {PRIVILEGED_FORM: value}
     if not isinstance(value, dict) or not value:
-        raise ValueError(f"{where}: key 'privileged' must be a non-empty string or a "
-                         f"non-empty object of form name -> string, got {value!r:.60}")
+        raise ValueError(
+            f"{where}: key 'privileged' must be a non-empty string or a "
+            f"non-empty object of form name -> string, got {value!r:.60}"
+        )
     forms = {NO_PRIVILEGE: ""}
     for form, text in value.items():
         if not form.strip():
             raise ValueError(f"{where}: a privileged form name is empty")
         if form == NO_PRIVILEGE:
-            raise ValueError(f"{where}: privileged form name {NO_PRIVILEGE!r} is reserved "
-                             "(every example has it, with an empty text)")
+            raise ValueError(
+                f"{where}: privileged form name {NO_PRIVILEGE!r} is reserved "
+                "(every example has it, with an empty text)"
+            )
         if not isinstance(text, str) or not text.strip():
             raise ValueError(f"{where}: privileged form {form!r} must be a non-empty string")
         forms[form] = _segment(text)
@@ -106,9 +112,13 @@ def example_from_row(row: Any, where: str) -> Example:
     if unknown:
         raise ValueError(f"{where}: unknown keys {unknown}; valid keys are {list(FIELDS)}")
     response = _optional_str(row, "response", where)
-    return Example(prompt=_prompt(row, where), privileged=_privileged(row, where),
-                   response=None if response is None else _segment(response),
-                   answer=_answer(row, where), domain=_optional_str(row, "domain", where) or "")
+    return Example(
+        prompt=_prompt(row, where),
+        privileged=_privileged(row, where),
+        response=None if response is None else _segment(response),
+        answer=_answer(row, where),
+        domain=_optional_str(row, "domain", where) or "",
+    )
 
 
 def _parse(line: str, where: str) -> Any:
@@ -136,8 +146,9 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[Example]:
         with open(path, encoding="utf-8-sig") as f:
             lines = list(f)
     except OSError as e:
-        raise ValueError(f"cannot read JSONL data file {os.fspath(path)!r}: "
-                         f"{e.strerror or e}") from e
+        raise ValueError(
+            f"cannot read JSONL data file {os.fspath(path)!r}: {e.strerror or e}"
+        ) from e
     examples = []
     for n, line in enumerate(lines, start=1):
         if line.strip():
@@ -165,8 +176,11 @@ def example_to_row(example: Example) -> dict[str, Any]:
         row["privileged"] = forms[PRIVILEGED_FORM]
     elif forms:
         row["privileged"] = forms
-    optional = {"answer": example.answer, "response": example.response,
-                "domain": example.domain or None}
+    optional = {
+        "answer": example.answer,
+        "response": example.response,
+        "domain": example.domain or None,
+    }
     row.update({k: v for k, v in optional.items() if v is not None})
     return row
 
@@ -202,10 +216,13 @@ def required_fields(examples: Sequence[Example], fields: Iterable[str], where: s
     """
     for field in fields:
         if field not in _HAS_FIELD:
-            raise ValueError(f"{where}: unknown required field {field!r}; valid are "
-                             f"{sorted(_HAS_FIELD)}")
+            raise ValueError(
+                f"{where}: unknown required field {field!r}; valid are {sorted(_HAS_FIELD)}"
+            )
         missing = next((i for i, ex in enumerate(examples) if not _HAS_FIELD[field](ex)), None)
         if missing is not None:
-            raise ValueError(f"{where}: needs field {field!r} in every example, but example "
-                             f"index {missing} has none (prompt "
-                             f"{examples[missing].prompt[:60]!r})")
+            raise ValueError(
+                f"{where}: needs field {field!r} in every example, but example "
+                f"index {missing} has none (prompt "
+                f"{examples[missing].prompt[:60]!r})"
+            )

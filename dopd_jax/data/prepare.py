@@ -14,6 +14,7 @@ split per extra ``--<split> FILE`` flag, named after the flag. ``prepare(argv)``
 is what ``main`` runs, so tests call it in-process; errors leave ``main`` as
 one line on stderr (exit status 1), without a traceback.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,8 +41,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> _Parser:
-    parser = _Parser(prog="python -m dopd_jax.data.prepare", allow_abbrev=False,
-                     description="Write task data as a TFDS array_record dataset.")
+    parser = _Parser(
+        prog="python -m dopd_jax.data.prepare",
+        allow_abbrev=False,
+        description="Write task data as a TFDS array_record dataset.",
+    )
     parser.add_argument("--source", required=True, choices=SOURCES)
     parser.add_argument("--name", required=True, help="dataset name")
     parser.add_argument("--data_dir", required=True, help="TFDS data directory")
@@ -50,10 +54,12 @@ def _parser() -> _Parser:
     parser.add_argument("--n_train", type=int, help="generated: train examples (5000)")
     parser.add_argument("--n_test", type=int, help="generated: test and hard examples (500)")
     parser.add_argument("--seed", type=int, help="generated: data seed (0)")
-    parser.add_argument("--misleading_fraction", type=float,
-                        help="generated: fraction of misleading examples (0.0)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace an existing dataset of this name")
+    parser.add_argument(
+        "--misleading_fraction", type=float, help="generated: fraction of misleading examples (0.0)"
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing dataset of this name"
+    )
     return parser
 
 
@@ -93,6 +99,7 @@ def _jsonl_splits(args: argparse.Namespace, rest: Sequence[str]) -> dict[str, li
         raise ValueError("--source jsonl needs --train FILE and --test FILE")
     files = {"train": args.train, "test": args.test, **_extra_splits(rest)}
     from dopd_jax.data import jsonl  # pylint: disable=import-outside-toplevel
+
     return {split: jsonl.read_jsonl(path) for split, path in files.items()}
 
 
@@ -102,8 +109,11 @@ def _generate_fn() -> Callable[..., list[Any]]:
     Imported lazily: the generated tasks are moving from ``dopd_jax.data.tasks``
     to ``dopd_jax.data.generated``.
     """
-    for module_name in ("dopd_jax.data.generated", "dopd_jax.data.generated.tasks",
-                        "dopd_jax.data.tasks"):
+    for module_name in (
+        "dopd_jax.data.generated",
+        "dopd_jax.data.generated.tasks",
+        "dopd_jax.data.tasks",
+    ):
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as e:
@@ -112,8 +122,10 @@ def _generate_fn() -> Callable[..., list[Any]]:
             continue
         if hasattr(module, "generate"):
             return module.generate
-    raise ValueError("cannot find the generated tasks' generate() in dopd_jax.data.generated "
-                     "or dopd_jax.data.tasks")
+    raise ValueError(
+        "cannot find the generated tasks' generate() in dopd_jax.data.generated "
+        "or dopd_jax.data.tasks"
+    )
 
 
 def _from_generated(ex: Any) -> Example:
@@ -130,31 +142,50 @@ def _from_generated(ex: Any) -> Example:
         return ex
     response = getattr(ex, "response", getattr(ex, "solution", None))
     priv_response = getattr(ex, "priv_response", getattr(ex, "priv_solution", None))
-    return Example(prompt=ex.prompt, privileged=dict(ex.privileged), response=response,
-                   answer=ex.answer, domain=ex.domain, priv_response=priv_response,
-                   misleading=bool(ex.misleading), hardness=int(ex.hardness))
+    return Example(
+        prompt=ex.prompt,
+        privileged=dict(ex.privileged),
+        response=response,
+        answer=ex.answer,
+        domain=ex.domain,
+        priv_response=priv_response,
+        misleading=bool(ex.misleading),
+        hardness=int(ex.hardness),
+    )
 
 
-def _generated_splits(args: argparse.Namespace,
-                      rest: Sequence[str]) -> dict[str, list[Example]]:
+def _generated_splits(args: argparse.Namespace, rest: Sequence[str]) -> dict[str, list[Example]]:
     """The train/test/hard splits of a generated source."""
     if rest:
-        raise ValueError(f"unrecognized arguments {' '.join(rest)!r} (extra eval files "
-                         "are for --source jsonl)")
+        raise ValueError(
+            f"unrecognized arguments {' '.join(rest)!r} (extra eval files are for --source jsonl)"
+        )
     for flag in ("train", "test"):
         if getattr(args, flag) is not None:
             raise ValueError(f"--{flag} is a JSONL file, for --source jsonl only")
-    opts = {flag: default if getattr(args, flag) is None else getattr(args, flag)
-            for flag, default in _GENERATED_FLAGS.items()}
+    opts = {
+        flag: default if getattr(args, flag) is None else getattr(args, flag)
+        for flag, default in _GENERATED_FLAGS.items()
+    }
     if opts["n_train"] < 1 or opts["n_test"] < 1:
-        raise ValueError(f"--n_train and --n_test must be >= 1, got {opts['n_train']} "
-                         f"and {opts['n_test']}")
+        raise ValueError(
+            f"--n_train and --n_test must be >= 1, got {opts['n_train']} and {opts['n_test']}"
+        )
     generate = _generate_fn()
     sizes = {"train": opts["n_train"], "test": opts["n_test"], "hard": opts["n_test"]}
-    return {split: [_from_generated(ex) for ex in generate(
-                args.source, n, opts["seed"], split=split,
-                misleading_fraction=opts["misleading_fraction"])]
-            for split, n in sizes.items()}
+    return {
+        split: [
+            _from_generated(ex)
+            for ex in generate(
+                args.source,
+                n,
+                opts["seed"],
+                split=split,
+                misleading_fraction=opts["misleading_fraction"],
+            )
+        ]
+        for split, n in sizes.items()
+    }
 
 
 def prepare(argv: Sequence[str]) -> str:
@@ -176,9 +207,14 @@ def prepare(argv: Sequence[str]) -> str:
     else:
         splits = _generated_splits(args, rest)
     from dopd_jax.data import tfds_io  # pylint: disable=import-outside-toplevel
-    path = tfds_io.write_dataset(splits, name=args.name, data_dir=args.data_dir,
-                                 description=f"prepare --source {args.source}",
-                                 overwrite=args.overwrite)
+
+    path = tfds_io.write_dataset(
+        splits,
+        name=args.name,
+        data_dir=args.data_dir,
+        description=f"prepare --source {args.source}",
+        overwrite=args.overwrite,
+    )
     counts = ", ".join(f"{split} {len(examples)}" for split, examples in splits.items())
     print(f"wrote {path}: {counts} records")
     return path

@@ -16,11 +16,13 @@ texts a tokenizer is trained on. Registered sources:
 or ``package.module:NAME``, a function ``(spec, workdir) -> TaskData`` in
 the user's own code.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from dopd_jax import plugins
 from dopd_jax.data import generated, jsonl, verifiers
@@ -118,17 +120,28 @@ def generated_task(spec: TaskSpec, seed: int, workdir: str = "") -> TaskData:
 
     def train(batch_size, stream_seed):
         difficulty = {spec.domain: kw["difficulty"]} if "difficulty" in kw else None
-        return TrainStream([spec.domain], batch_size, stream_seed, difficulty=difficulty,
-                           misleading_fraction=spec.misleading_fraction)
+        return TrainStream(
+            [spec.domain],
+            batch_size,
+            stream_seed,
+            difficulty=difficulty,
+            misleading_fraction=spec.misleading_fraction,
+        )
 
-    evals = {"test": generated.generate(spec.domain, spec.n_test, seed + 1, split="test", **kw),
-             "hard": generated.generate(spec.domain, spec.n_hard, seed + 2, split="hard", **kw)}
+    evals = {
+        "test": generated.generate(spec.domain, spec.n_test, seed + 1, split="test", **kw),
+        "hard": generated.generate(spec.domain, spec.n_hard, seed + 2, split="hard", **kw),
+    }
     verifier = _verifier(spec, default=generated.verify)
     return TaskData(
-        train=train, eval_sets=evals, verifier=verifier,
-        corpus=lambda: generated.corpus_for_tokenizer(sorted(generated.DOMAINS),
-                                                      spec.corpus_size, seed),
-        train_sample=train(256, seed).batch(0))
+        train=train,
+        eval_sets=evals,
+        verifier=verifier,
+        corpus=lambda: generated.corpus_for_tokenizer(
+            sorted(generated.DOMAINS), spec.corpus_size, seed
+        ),
+        train_sample=train(256, seed).batch(0),
+    )
 
 
 def _verifier(spec: TaskSpec, default):
@@ -138,27 +151,33 @@ def _verifier(spec: TaskSpec, default):
 def jsonl_splits(spec: TaskSpec) -> dict[str, list[Example]]:
     """The JSONL files of ``spec`` read and checked: ``train``, ``test`` (+ ``test2``)."""
     if not spec.train_path or not spec.test_path:
-        raise ValueError("config.task: the jsonl source needs task.train_path and "
-                         "task.test_path (JSONL files, one object per line)")
+        raise ValueError(
+            "config.task: the jsonl source needs task.train_path and "
+            "task.test_path (JSONL files, one object per line)"
+        )
     paths = {"train": spec.train_path, "test": spec.test_path}
     if spec.test2_path:
         paths["test2"] = spec.test2_path
     return {split: jsonl.read_jsonl(path) for split, path in paths.items()}
 
 
-def tfds_task(spec: TaskSpec, seed: int, workdir: str = "", *, data_dir: str = "",
-              name: str = "") -> TaskData:
+def tfds_task(
+    spec: TaskSpec, seed: int, workdir: str = "", *, data_dir: str = "", name: str = ""
+) -> TaskData:
     """A prepared TFDS dataset: split ``train`` streams, every other split evaluates."""
     from dopd_jax.data import tfds_io  # tfds / grain only for these sources
 
     data_dir, name = data_dir or spec.data_dir, name or spec.name
     if not data_dir or not name:
-        raise ValueError("config.task: the tfds source needs task.data_dir and task.name "
-                         "(python -m dopd_jax.data.prepare writes them)")
+        raise ValueError(
+            "config.task: the tfds source needs task.data_dir and task.name "
+            "(python -m dopd_jax.data.prepare writes them)"
+        )
     splits = tfds_io.load_splits(data_dir, name)
     if "train" not in splits:
-        raise ValueError(f"dataset {name} in {data_dir} has no 'train' split; "
-                         f"it has {sorted(splits)}")
+        raise ValueError(
+            f"dataset {name} in {data_dir} has no 'train' split; it has {sorted(splits)}"
+        )
     evals = {s: tfds_io.eval_examples(src) for s, src in splits.items() if s != "train"}
     if not evals:
         raise ValueError(f"dataset {name} in {data_dir} has no evaluation split")
@@ -170,10 +189,14 @@ def tfds_task(spec: TaskSpec, seed: int, workdir: str = "", *, data_dir: str = "
     train_split = splits["train"]
     sample = [tfds_io.to_example(train_split[i]) for i in range(min(256, len(train_split)))]
     return TaskData(
-        train=train, eval_sets=evals, verifier=_verifier(spec, default=verifiers.VERIFIERS["exact"]),
+        train=train,
+        eval_sets=evals,
+        verifier=_verifier(spec, default=verifiers.VERIFIERS["exact"]),
         corpus=lambda: example_texts(tfds_io.eval_examples(train_split))
         + example_texts(ex for exs in evals.values() for ex in exs),
-        train_sample=sample, train_examples=lambda: tfds_io.eval_examples(train_split))
+        train_sample=sample,
+        train_examples=lambda: tfds_io.eval_examples(train_split),
+    )
 
 
 JSONL_DATASET = "jsonl_task"  # the TFDS name of a jsonl task under WORKDIR/data
@@ -185,8 +208,9 @@ def jsonl_task(spec: TaskSpec, seed: int, workdir: str) -> TaskData:
 
     data_dir = os.path.join(workdir, "data")
     if not os.path.exists(tfds_io.dataset_dir(data_dir, JSONL_DATASET)):
-        raise ValueError(f"{data_dir} holds no prepared dataset; call "
-                         "sources.prepare_jsonl(spec, workdir) first")
+        raise ValueError(
+            f"{data_dir} holds no prepared dataset; call sources.prepare_jsonl(spec, workdir) first"
+        )
     return tfds_task(spec, seed, workdir, data_dir=data_dir, name=JSONL_DATASET)
 
 
@@ -196,12 +220,19 @@ def prepare_jsonl(spec: TaskSpec, workdir: str) -> None:
 
     data_dir = os.path.join(workdir, "data")
     if not os.path.exists(tfds_io.dataset_dir(data_dir, JSONL_DATASET)):
-        tfds_io.write_dataset(jsonl_splits(spec), name=JSONL_DATASET, data_dir=data_dir,
-                              description=f"{spec.train_path}, {spec.test_path}")
+        tfds_io.write_dataset(
+            jsonl_splits(spec),
+            name=JSONL_DATASET,
+            data_dir=data_dir,
+            description=f"{spec.train_path}, {spec.test_path}",
+        )
 
 
 SOURCES: dict[str, Callable[..., TaskData]] = {
-    "generated": generated_task, "jsonl": jsonl_task, "tfds": tfds_task}
+    "generated": generated_task,
+    "jsonl": jsonl_task,
+    "tfds": tfds_task,
+}
 
 
 def build_task(spec: TaskSpec, seed: int, workdir: str) -> TaskData:
@@ -211,8 +242,10 @@ def build_task(spec: TaskSpec, seed: int, workdir: str) -> TaskData:
     elif spec.source in SOURCES:
         fn = SOURCES[spec.source]
     else:
-        raise ValueError(f"config.task.source: unknown source {spec.source!r}; valid: "
-                         f"{sorted(SOURCES)} or an import path 'package.module:NAME'")
+        raise ValueError(
+            f"config.task.source: unknown source {spec.source!r}; valid: "
+            f"{sorted(SOURCES)} or an import path 'package.module:NAME'"
+        )
     return fn(spec, seed, workdir)
 
 
@@ -227,6 +260,7 @@ def check_forms(data: TaskData, spec: TaskSpec, needs_privilege: bool) -> None:
                 raise ValueError(
                     f"config.task: privileged form {form!r} (task.priv_form / task.sft_forms) "
                     f"is missing from {name} example {missing[0]}; it has "
-                    f"{sorted(examples[missing[0]].privileged)}")
+                    f"{sorted(examples[missing[0]].privileged)}"
+                )
     if needs_privilege:
         jsonl.required_fields(data.train_sample, ["privileged"], "training data")

@@ -32,6 +32,7 @@ On-disk layout: ``<data_dir>/<name>/1.0.0/`` holding ``dataset_info.json``,
 ``features.json`` and per split one shard file
 ``<name>-<split>.array_record-00000-of-00001`` (more for large splits).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -43,10 +44,10 @@ import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from absl import flags, logging
 import grain
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import flags, logging
 from tensorflow_datasets.core.dataset_builders import adhoc_builder
 from tensorflow_datasets.core.utils import tqdm_utils
 
@@ -118,14 +119,18 @@ def to_example(record: Mapping[str, Any]) -> Example:
     Returns:
       The ``Example``, with ``None`` where the ``has_<field>`` flag is false.
     """
-    optional = {field: _text(record[field]) if bool(record[f"has_{field}"]) else None
-                for field in OPTIONAL_TEXTS}
-    return Example(prompt=_text(record["prompt"]),
-                   privileged=json.loads(_text(record["privileged"])),
-                   domain=_text(record["domain"]),
-                   misleading=bool(record["misleading"]),
-                   hardness=int(record["hardness"]),
-                   **optional)
+    optional = {
+        field: _text(record[field]) if bool(record[f"has_{field}"]) else None
+        for field in OPTIONAL_TEXTS
+    }
+    return Example(
+        prompt=_text(record["prompt"]),
+        privileged=json.loads(_text(record["privileged"])),
+        domain=_text(record["domain"]),
+        misleading=bool(record["misleading"]),
+        hardness=int(record["hardness"]),
+        **optional,
+    )
 
 
 class _ExampleBuilder(adhoc_builder.AdhocBuilder, skip_registration=True):
@@ -171,12 +176,12 @@ def _check_splits(examples_by_split: Mapping[str, Sequence[Example]]) -> None:
         if not isinstance(split, str) or not _NAME_RE.match(split):
             raise ValueError(f"split name {split!r} must match {_NAME_RE.pattern}")
         if not examples:
-            raise ValueError(f"split {split!r} has no examples (TFDS cannot store an "
-                             "empty split)")
+            raise ValueError(f"split {split!r} has no examples (TFDS cannot store an empty split)")
         for i, example in enumerate(examples):
             if not isinstance(example, Example):
-                raise ValueError(f"split {split!r} record {i} is a "
-                                 f"{type(example).__name__}, not an Example")
+                raise ValueError(
+                    f"split {split!r} record {i} is a {type(example).__name__}, not an Example"
+                )
 
 
 @contextlib.contextmanager
@@ -190,9 +195,14 @@ def _quiet_progress_bars() -> Iterator[None]:
         tfds.display_progress_bar(previous)
 
 
-def write_dataset(examples_by_split: dict[str, list[Example]], *, name: str,
-                  data_dir: str, description: str = "",
-                  overwrite: bool = False) -> str:
+def write_dataset(
+    examples_by_split: dict[str, list[Example]],
+    *,
+    name: str,
+    data_dir: str,
+    description: str = "",
+    overwrite: bool = False,
+) -> str:
     """Writes ``examples_by_split`` as TFDS dataset ``name`` in ``array_record`` files.
 
     Args:
@@ -216,19 +226,30 @@ def write_dataset(examples_by_split: dict[str, list[Example]], *, name: str,
     path = dataset_dir(data_dir, name)
     if os.path.exists(path):
         if not overwrite:
-            raise ValueError(f"dataset {name!r} already exists at {path}; pass "
-                             "overwrite=True (prepare: --overwrite) to replace it")
+            raise ValueError(
+                f"dataset {name!r} already exists at {path}; pass "
+                "overwrite=True (prepare: --overwrite) to replace it"
+            )
         shutil.rmtree(path)
-    split_datasets = {split: [(i, to_record(ex)) for i, ex in enumerate(examples)]
-                      for split, examples in examples_by_split.items()}
+    split_datasets = {
+        split: [(i, to_record(ex)) for i, ex in enumerate(examples)]
+        for split, examples in examples_by_split.items()
+    }
     builder = _ExampleBuilder(
-        name=name, version=VERSION, features=features(), split_datasets=split_datasets,
-        data_dir=os.fspath(data_dir), description=description or f"dopd_jax task data {name}",
-        file_format=FILE_FORMAT, disable_shuffling=True)
+        name=name,
+        version=VERSION,
+        features=features(),
+        split_datasets=split_datasets,
+        data_dir=os.fspath(data_dir),
+        description=description or f"dopd_jax task data {name}",
+        file_format=FILE_FORMAT,
+        disable_shuffling=True,
+    )
     config = tfds.download.DownloadConfig(try_download_gcs=False)
     with _quiet_progress_bars(), tempfile.TemporaryDirectory() as download_dir:
-        builder.download_and_prepare(download_dir=download_dir, download_config=config,
-                                     file_format=FILE_FORMAT)
+        builder.download_and_prepare(
+            download_dir=download_dir, download_config=config, file_format=FILE_FORMAT
+        )
     return os.fspath(builder.data_dir)
 
 
@@ -249,8 +270,10 @@ def load_splits(data_dir: str, name: str) -> dict[str, DataSource]:
     """
     path = dataset_dir(data_dir, name)
     if not os.path.isfile(os.path.join(path, "dataset_info.json")):
-        raise ValueError(f"no dataset {name!r} in {data_dir}: {path} has no "
-                         "dataset_info.json (write it with python -m dopd_jax.data.prepare)")
+        raise ValueError(
+            f"no dataset {name!r} in {data_dir}: {path} has no "
+            "dataset_info.json (write it with python -m dopd_jax.data.prepare)"
+        )
     builder = tfds.builder_from_directory(path)
     return {str(split): source for split, source in builder.as_data_source().items()}
 
@@ -274,8 +297,7 @@ def eval_examples(source: DataSource) -> list[Example]:
     return [to_example(record) for record in _read_all(source)]
 
 
-def _source_identity(source: DataSource, name: str | None,
-                     split: str | None) -> tuple[str, str]:
+def _source_identity(source: DataSource, name: str | None, split: str | None) -> tuple[str, str]:
     """(name, split) of a source: the arguments, else a TFDS source's own."""
     info = getattr(source, "dataset_info", None)
     if name is None:
@@ -299,10 +321,19 @@ class TrainIterator:
     resumes under another count.
     """
 
-    def __init__(self, source: DataSource, batch_size: int, seed: int, *,
-                 process_index: int = 0, process_count: int = 1,
-                 worker_count: int = 0, read_threads: int = 0,
-                 name: str | None = None, split: str | None = None):
+    def __init__(
+        self,
+        source: DataSource,
+        batch_size: int,
+        seed: int,
+        *,
+        process_index: int = 0,
+        process_count: int = 1,
+        worker_count: int = 0,
+        read_threads: int = 0,
+        name: str | None = None,
+        split: str | None = None,
+    ):
         """Builds the pipeline.
 
         Args:
@@ -320,21 +351,30 @@ class TrainIterator:
           split: split name for the state (default: the TFDS source's split).
         """
         name, split = _source_identity(source, name, split)
-        self._identity = {"name": name, "split": split, "num_records": len(source),
-                          "seed": seed, "batch_size": batch_size}
+        self._identity = {
+            "name": name,
+            "split": split,
+            "num_records": len(source),
+            "seed": seed,
+            "batch_size": batch_size,
+        }
         _check_iterator_args(self._identity, process_index, process_count, worker_count)
         self._worker_count = worker_count
         local = batch_size // process_count
-        dataset = (grain.MapDataset.source(source).shuffle(seed=seed).repeat()
-                   .map(to_example).batch(local, batch_fn=list)
-                   [process_index::process_count])
-        options = grain.ReadOptions(num_threads=read_threads,
-                                    prefetch_buffer_size=2 * read_threads)
+        dataset = (
+            grain.MapDataset.source(source)
+            .shuffle(seed=seed)
+            .repeat()
+            .map(to_example)
+            .batch(local, batch_fn=list)[process_index::process_count]
+        )
+        options = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=2 * read_threads)
         iter_dataset = dataset.to_iter_dataset(read_options=options)
         if worker_count:
             _mark_absl_flags_parsed()
             iter_dataset = iter_dataset.mp_prefetch(
-                grain.MultiprocessingOptions(num_workers=worker_count))
+                grain.MultiprocessingOptions(num_workers=worker_count)
+            )
         self._iterator = iter(iter_dataset)
 
     def __iter__(self) -> TrainIterator:
@@ -350,8 +390,11 @@ class TrainIterator:
         Returns:
           ``{"dataset": {...}, "worker_count": n, "grain": {...}}``.
         """
-        return {"dataset": dict(self._identity), "worker_count": self._worker_count,
-                "grain": self._iterator.get_state()}
+        return {
+            "dataset": dict(self._identity),
+            "worker_count": self._worker_count,
+            "grain": self._iterator.get_state(),
+        }
 
     def set_state(self, state: Mapping[str, Any]) -> None:
         """Continues from a ``get_state`` result (possibly JSON round-tripped).
@@ -366,8 +409,10 @@ class TrainIterator:
             the message names the field.
         """
         if not isinstance(state, Mapping) or not {"dataset", "grain"} <= set(state):
-            raise ValueError("TrainIterator state must be a dict with keys 'dataset' "
-                             f"and 'grain', got {state!r:.200}")
+            raise ValueError(
+                "TrainIterator state must be a dict with keys 'dataset' "
+                f"and 'grain', got {state!r:.200}"
+            )
         saved = state["dataset"]
         for field in STATE_FIELDS:
             if field not in saved:
@@ -375,12 +420,15 @@ class TrainIterator:
             if saved[field] != self._identity[field]:
                 raise ValueError(
                     f"TrainIterator state is for {field}={saved[field]!r} but this "
-                    f"iterator has {field}={self._identity[field]!r}")
+                    f"iterator has {field}={self._identity[field]!r}"
+                )
         if state.get("worker_count", 0) != self._worker_count:
-            raise ValueError(f"TrainIterator state is for worker_count="
-                             f"{state.get('worker_count', 0)!r} but this iterator has "
-                             f"worker_count={self._worker_count!r} (grain's state "
-                             "layout depends on it)")
+            raise ValueError(
+                f"TrainIterator state is for worker_count="
+                f"{state.get('worker_count', 0)!r} but this iterator has "
+                f"worker_count={self._worker_count!r} (grain's state "
+                "layout depends on it)"
+            )
         self._iterator.set_state(state["grain"])
 
     def close(self) -> None:
@@ -401,18 +449,22 @@ def _mark_absl_flags_parsed() -> None:
         flags.FLAGS.mark_as_parsed()
 
 
-def _check_iterator_args(identity: Mapping[str, Any], process_index: int,
-                         process_count: int, worker_count: int) -> None:
+def _check_iterator_args(
+    identity: Mapping[str, Any], process_index: int, process_count: int, worker_count: int
+) -> None:
     where = f"dataset {identity['name']!r} split {identity['split']!r}"
     if identity["num_records"] == 0:
         raise ValueError(f"{where} has no records to train on")
     batch_size, seed = identity["batch_size"], identity["seed"]
     if process_count < 1 or not 0 <= process_index < process_count:
-        raise ValueError(f"process_index must be in [0, process_count), got "
-                         f"{process_index} of {process_count}")
+        raise ValueError(
+            f"process_index must be in [0, process_count), got {process_index} of {process_count}"
+        )
     if batch_size < 1 or batch_size % process_count:
-        raise ValueError(f"batch_size {batch_size} must be positive and divisible by "
-                         f"process_count {process_count} ({where})")
+        raise ValueError(
+            f"batch_size {batch_size} must be positive and divisible by "
+            f"process_count {process_count} ({where})"
+        )
     if not 0 <= seed < 2**32:
         raise ValueError(f"seed must be in [0, 2**32), got {seed}")
     if worker_count < 0:

@@ -9,6 +9,7 @@ Built-ins, registered in ``VERIFIERS`` by name:
 
 ``get_verifier`` also accepts ``package.module:NAME`` for a user function.
 """
+
 from __future__ import annotations
 
 import re
@@ -33,9 +34,11 @@ _BOXED = "\\boxed{"
 def _answer(example: Example, verifier: str) -> str:
     """The example's answer, or ValueError when its source gave none."""
     if example.answer is None:
-        raise ValueError(f"verifier {verifier!r}: example has no answer (prompt "
-                         f"{example.prompt[:60]!r}); its task source provides no "
-                         "reference answers, so it cannot be verified")
+        raise ValueError(
+            f"verifier {verifier!r}: example has no answer (prompt "
+            f"{example.prompt[:60]!r}); its task source provides no "
+            "reference answers, so it cannot be verified"
+        )
     return example.answer
 
 
@@ -73,7 +76,7 @@ def last_boxed(text: str) -> str | None:
     for i in range(start + len(_BOXED) - 1, len(text)):
         depth += {"{": 1, "}": -1}.get(text[i], 0)
         if depth == 0:
-            return text[start + len(_BOXED):i]
+            return text[start + len(_BOXED) : i]
     return None
 
 
@@ -120,8 +123,10 @@ def verify_last_number(example: Example, response_text: str) -> bool:
     answer = _answer(example, "last_number")
     expected = last_number(answer)
     if expected is None:
-        raise ValueError(f"verifier 'last_number': answer {answer!r} contains no number "
-                         f"(prompt {example.prompt[:60]!r})")
+        raise ValueError(
+            f"verifier 'last_number': answer {answer!r} contains no number "
+            f"(prompt {example.prompt[:60]!r})"
+        )
     got = last_number(response_text)
     return got is not None and got == expected
 
@@ -133,8 +138,7 @@ def verify_boxed(example: Example, response_text: str) -> bool:
     got = last_boxed(response_text)
     if got is None:
         return False
-    return normalize_math(got) == normalize_math(
-        answer if boxed_answer is None else boxed_answer)
+    return normalize_math(got) == normalize_math(answer if boxed_answer is None else boxed_answer)
 
 
 VERIFIERS: dict[str, Verifier] = {
@@ -160,13 +164,17 @@ def get_verifier(name_or_path: str) -> Verifier:
     if name_or_path in VERIFIERS:
         return VERIFIERS[name_or_path]
     if not is_import_path(name_or_path):
-        raise ValueError(f"unknown verifier {name_or_path!r}; valid names are "
-                         f"{sorted(VERIFIERS)}, or give a user function as "
-                         "'package.module:NAME'")
+        raise ValueError(
+            f"unknown verifier {name_or_path!r}; valid names are "
+            f"{sorted(VERIFIERS)}, or give a user function as "
+            "'package.module:NAME'"
+        )
     fn = load_object(name_or_path, "verifier")
     if not callable(fn):
-        raise ValueError(f"verifier import path {name_or_path!r} names a "
-                         f"{type(fn).__name__}, not a function verify(example, response_text)")
+        raise ValueError(
+            f"verifier import path {name_or_path!r} names a "
+            f"{type(fn).__name__}, not a function verify(example, response_text)"
+        )
     return fn
 
 
@@ -179,6 +187,8 @@ def check_answers(examples: Sequence[Example], where: str) -> None:
     """
     for i, ex in enumerate(examples):
         if ex.answer is None:
-            raise ValueError(f"{where}: example index {i} has no answer (prompt "
-                             f"{ex.prompt[:60]!r}); verifiers need a reference answer "
-                             "for every example")
+            raise ValueError(
+                f"{where}: example index {i} has no answer (prompt "
+                f"{ex.prompt[:60]!r}); verifiers need a reference answer "
+                "for every example"
+            )

@@ -9,13 +9,35 @@ model, config or framework object crosses this boundary.
     objectives   dopd_loss, opd_pg_loss, divergence_loss
     diagnostics  entropies, top-K overlap, sampled-token KLs (methods.md section 9)
 """
+
 from dopd_jax.losses import diagnostics, divergences, objectives, routing
-from dopd_jax.losses.divergences import (entropy, sampled_logprobs, sequence_mean,
-                                         token_divergence, token_mean)
+from dopd_jax.losses.divergences import (
+    entropy,
+    sampled_logprobs,
+    sequence_mean,
+    token_divergence,
+    token_mean,
+)
 from dopd_jax.losses.objectives import HS_TARGETS, LOSSES, divergence_loss, dopd_loss, opd_pg_loss
 from dopd_jax.losses.routing import REGIMES, dopd_regimes, privilege_stats, trimmed_mean
 
-__all__ = ["HS_TARGETS", "LOSSES", "REGIMES", "diagnostics", "divergence_loss", "divergences",
-           "dopd_loss", "dopd_regimes", "entropy", "objectives", "opd_pg_loss",
-           "privilege_stats", "routing", "sampled_logprobs", "sequence_mean",
-           "token_divergence", "token_mean", "trimmed_mean"]
+__all__ = [
+    "HS_TARGETS",
+    "LOSSES",
+    "REGIMES",
+    "diagnostics",
+    "divergence_loss",
+    "divergences",
+    "dopd_loss",
+    "dopd_regimes",
+    "entropy",
+    "objectives",
+    "opd_pg_loss",
+    "privilege_stats",
+    "routing",
+    "sampled_logprobs",
+    "sequence_mean",
+    "token_divergence",
+    "token_mean",
+    "trimmed_mean",
+]

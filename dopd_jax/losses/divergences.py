@@ -8,8 +8,9 @@ through the student. With ``chunk_size`` the work runs over chunks of
 positions under ``jax.checkpoint``, so at most one ``[B, C, V]`` float32 block
 per model is alive at a time, in the forward and in the backward pass.
 """
+
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -45,10 +46,8 @@ def _rkl(logs_NV, logt_NV, beta):
 def _jsd(logs_NV, logt_NV, beta):
     """beta KL(t||m) + (1-beta) KL(s||m), m = beta t + (1-beta) s."""
     # log(0) = -inf is fine for beta in {0, 1}: logaddexp ignores that side.
-    logm_NV = jnp.logaddexp(jnp.log(beta) + logt_NV,
-                            jnp.log(1.0 - beta) + logs_NV)
-    return (beta * _p_log_ratio(logt_NV, logm_NV)
-            + (1.0 - beta) * _p_log_ratio(logs_NV, logm_NV))
+    logm_NV = jnp.logaddexp(jnp.log(beta) + logt_NV, jnp.log(1.0 - beta) + logs_NV)
+    return beta * _p_log_ratio(logt_NV, logm_NV) + (1.0 - beta) * _p_log_ratio(logs_NV, logm_NV)
 
 
 def _generalized_fkl(logs_NV, logt_NV, beta):
@@ -71,6 +70,7 @@ class Divergence:
     generalized: its form on unnormalized masses (top-K without
       renormalization); every summand is >= 0 and is 0 iff s = t.
     """
+
     exact: Callable
     generalized: Callable
 
@@ -127,14 +127,14 @@ def map_positions(fn, *arrays_BT, chunk_size=None):
     if chunk_size is None or chunk_size >= length:
         return fn(*arrays_BT)
     n_chunks = -(-length // chunk_size)
+
     # The slices live inside the checkpoint, so its saved inputs are the whole
     # (loop-invariant) arrays and a start index: the backward pass recomputes
     # each chunk's float32 [B, C, V] instead of keeping every chunk's. (XLA:CPU
     # still upcasts bf16 inputs wholesale, as it has no native bf16 ops.)
     @jax.checkpoint
     def chunk_fn(start, *arrays):
-        xs = [jax.lax.dynamic_slice_in_dim(a, start, chunk_size, axis=1)
-              for a in arrays]
+        xs = [jax.lax.dynamic_slice_in_dim(a, start, chunk_size, axis=1) for a in arrays]
         return fn(*xs)
 
     def body(carry, start):
@@ -146,7 +146,7 @@ def map_positions(fn, *arrays_BT, chunk_size=None):
 
     def unsplit(y_NBC):
         head_BX = jnp.moveaxis(y_NBC[:-1], 0, 1).reshape(batch, -1)
-        return jnp.concatenate([head_BX, y_NBC[-1][:, chunk_size - tail:]], axis=1)
+        return jnp.concatenate([head_BX, y_NBC[-1][:, chunk_size - tail :]], axis=1)
 
     return jax.tree.map(unsplit, out)
 
@@ -154,8 +154,7 @@ def map_positions(fn, *arrays_BT, chunk_size=None):
 def _chunk_divergence(s_BCV, t_BCV, *, kind, beta, top_k, topk_mode):
     """Divergence for one chunk of positions; see token_divergence."""
     logs_BCV = jax.nn.log_softmax(upcast(s_BCV), axis=-1)
-    logt_BCV = jax.nn.log_softmax(
-        upcast(jax.lax.stop_gradient(t_BCV)), axis=-1)
+    logt_BCV = jax.nn.log_softmax(upcast(jax.lax.stop_gradient(t_BCV)), axis=-1)
     div = DIVERGENCES[kind]
     # K >= V is the full vocabulary (the divergences are permutation-invariant).
     if top_k is None or top_k >= logs_BCV.shape[-1]:
@@ -172,8 +171,7 @@ def _chunk_divergence(s_BCV, t_BCV, *, kind, beta, top_k, topk_mode):
 def check_divergence_args(kind, beta, top_k, topk_mode):
     """Raises ValueError on an unknown kind/topk_mode, bad top_k or beta."""
     if kind not in DIVERGENCES:
-        raise ValueError(
-            f"unknown divergence kind {kind!r}; use one of {sorted(DIVERGENCES)}")
+        raise ValueError(f"unknown divergence kind {kind!r}; use one of {sorted(DIVERGENCES)}")
     if topk_mode not in TOPK_MODES:
         raise ValueError(f"unknown topk_mode {topk_mode!r}; use one of {TOPK_MODES}")
     check_top_k(top_k)
@@ -188,17 +186,25 @@ def check_same_shape(student_logits_BTV, target_logits_BTV, target_name="target"
     s_shape, t_shape = student_logits_BTV.shape, target_logits_BTV.shape
     if s_shape[-1] != t_shape[-1]:
         raise ValueError(
-            f"vocabulary size mismatch: student V={s_shape[-1]}, "
-            f"{target_name} V={t_shape[-1]}")
+            f"vocabulary size mismatch: student V={s_shape[-1]}, {target_name} V={t_shape[-1]}"
+        )
     if s_shape != t_shape:
         raise ValueError(
             f"student logits {s_shape} and {target_name} logits {t_shape} "
-            "must have the same [B, T, V] shape")
+            "must have the same [B, T, V] shape"
+        )
 
 
-def token_divergence(student_logits_BTV, target_logits_BTV, *, kind,
-                     beta=0.5, top_k=None, topk_mode="renormalize",
-                     chunk_size=None):
+def token_divergence(
+    student_logits_BTV,
+    target_logits_BTV,
+    *,
+    kind,
+    beta=0.5,
+    top_k=None,
+    topk_mode="renormalize",
+    chunk_size=None,
+):
     """Per-token divergence D(student, target) (methods.md section 2).
 
     Args:
@@ -221,13 +227,14 @@ def token_divergence(student_logits_BTV, target_logits_BTV, *, kind,
     check_divergence_args(kind, beta, top_k, topk_mode)
     check_same_shape(student_logits_BTV, target_logits_BTV)
     fn = lambda s, t: _chunk_divergence(
-        s, t, kind=kind, beta=beta, top_k=top_k, topk_mode=topk_mode)
-    return map_positions(fn, student_logits_BTV, target_logits_BTV,
-                         chunk_size=chunk_size)
+        s, t, kind=kind, beta=beta, top_k=top_k, topk_mode=topk_mode
+    )
+    return map_positions(fn, student_logits_BTV, target_logits_BTV, chunk_size=chunk_size)
 
 
-def token_divergences(student_logits_BTV, targets, requests, *, topk_mode="renormalize",
-                      chunk_size=None):
+def token_divergences(
+    student_logits_BTV, targets, requests, *, topk_mode="renormalize", chunk_size=None
+):
     """Several per-token divergences of one student in a single chunked pass.
 
     One pass matters for memory: the backward pass of each separate chunked
@@ -254,12 +261,16 @@ def token_divergences(student_logits_BTV, targets, requests, *, topk_mode="renor
 
     def chunk_fn(s_BCV, *t_BCVs):
         t_by_name = dict(zip(names, t_BCVs))
-        return {key: _chunk_divergence(s_BCV, t_by_name[target], kind=kind, beta=beta,
-                                       top_k=top_k, topk_mode=topk_mode)
-                for key, (target, kind, beta, top_k) in requests.items()}
+        return {
+            key: _chunk_divergence(
+                s_BCV, t_by_name[target], kind=kind, beta=beta, top_k=top_k, topk_mode=topk_mode
+            )
+            for key, (target, kind, beta, top_k) in requests.items()
+        }
 
-    return map_positions(chunk_fn, student_logits_BTV, *[targets[n] for n in names],
-                         chunk_size=chunk_size)
+    return map_positions(
+        chunk_fn, student_logits_BTV, *[targets[n] for n in names], chunk_size=chunk_size
+    )
 
 
 def _chunk_sampled_logprobs(logits_BCV, tokens_BC):
@@ -281,10 +292,10 @@ def sampled_logprobs(logits_BTV, tokens_BT, chunk_size=None):
     """
     check_logits("logits", logits_BTV)
     if tokens_BT.shape != logits_BTV.shape[:2]:
-        raise ValueError(f"tokens {tokens_BT.shape} must match the logits' "
-                         f"[B, T] = {logits_BTV.shape[:2]}")
-    return map_positions(_chunk_sampled_logprobs, logits_BTV, tokens_BT,
-                         chunk_size=chunk_size)
+        raise ValueError(
+            f"tokens {tokens_BT.shape} must match the logits' [B, T] = {logits_BTV.shape[:2]}"
+        )
+    return map_positions(_chunk_sampled_logprobs, logits_BTV, tokens_BT, chunk_size=chunk_size)
 
 
 def _chunk_entropy(logits_BCV):

@@ -7,6 +7,7 @@ returns a float32 scalar loss plus a dict of float32 scalar metrics. The
 objective is the mean over each sequence's valid tokens, then over sequences
 (``divergences.sequence_mean``).
 """
+
 import dataclasses
 
 import jax
@@ -21,8 +22,10 @@ HS_TARGETS = ("priv_student", "teacher")
 def _check_tokens_mask(student_logits_BTV, tokens_BT, mask_BT):
     bt = student_logits_BTV.shape[:2]
     if tokens_BT.shape != bt or mask_BT.shape != bt:
-        raise ValueError(f"tokens {tokens_BT.shape} and mask {mask_BT.shape} must "
-                         f"match the logits' [B, T] = {bt}")
+        raise ValueError(
+            f"tokens {tokens_BT.shape} and mask {mask_BT.shape} must "
+            f"match the logits' [B, T] = {bt}"
+        )
 
 
 def _masked_mean(x_BT, select_BT):
@@ -54,10 +57,23 @@ def _dopd_regime_metrics(regimes, weighted_BT, gap_BT, mask_BT):
     return metrics
 
 
-def dopd_loss(student_logits, priv_student_logits, teacher_logits, tokens, mask,
-              *, top_k=128, beta_light=0.6, beta_weak=0.3, outlier_fraction=0.05,
-              topk_mode="renormalize", hs_target="priv_student",
-              gap_threshold=None, chunk_size=None, refs=None):
+def dopd_loss(
+    student_logits,
+    priv_student_logits,
+    teacher_logits,
+    tokens,
+    mask,
+    *,
+    top_k=128,
+    beta_light=0.6,
+    beta_weak=0.3,
+    outlier_fraction=0.05,
+    topk_mode="renormalize",
+    hs_target="priv_student",
+    gap_threshold=None,
+    chunk_size=None,
+    refs=None,
+):
     """Dual on-policy distillation loss (methods.md section 4; design contract 2).
 
     Args:
@@ -84,42 +100,66 @@ def dopd_loss(student_logits, priv_student_logits, teacher_logits, tokens, mask,
       regime, A_bar, qS_bar, qT_bar, gap_mean, kl_priv_teacher,
       kl_priv_student (float32 scalars).
     """
-    _check_dopd_args(student_logits, priv_student_logits, teacher_logits, tokens, mask,
-                     top_k, topk_mode, hs_target)
-    targets = {"teacher": jax.lax.stop_gradient(teacher_logits),
-               "priv_student": jax.lax.stop_gradient(priv_student_logits)}
+    _check_dopd_args(
+        student_logits,
+        priv_student_logits,
+        teacher_logits,
+        tokens,
+        mask,
+        top_k,
+        topk_mode,
+        hs_target,
+    )
+    targets = {
+        "teacher": jax.lax.stop_gradient(teacher_logits),
+        "priv_student": jax.lax.stop_gradient(priv_student_logits),
+    }
 
     # The gap and q's come from the two PRIVILEGED passes, never the student.
-    stats = routing.privilege_stats(targets["priv_student"], targets["teacher"],
-                                    tokens, chunk_size)
+    stats = routing.privilege_stats(targets["priv_student"], targets["teacher"], tokens, chunk_size)
     regimes, refs = routing.dopd_regimes(
-        stats["gap"], stats["qS"], stats["qT"], mask,
-        outlier_fraction=outlier_fraction, gap_threshold=gap_threshold, refs=refs)
+        stats["gap"],
+        stats["qS"],
+        stats["qT"],
+        mask,
+        outlier_fraction=outlier_fraction,
+        gap_threshold=gap_threshold,
+        refs=refs,
+    )
 
     specs, weights = _regime_weights(beta_light, beta_weak, hs_target)
     # Regimes sharing a divergence compute it once; all of them in one chunked
     # pass, so the backward pass holds one [B, T, V] student-gradient buffer.
-    requests = {f"{s.target}/{s.kind}/{s.top_k}/{s.beta}":
-                (s.target, s.kind, s.beta, top_k if s.top_k else None) for s in specs.values()}
-    divs = div_lib.token_divergences(student_logits, targets, requests,
-                                     topk_mode=topk_mode, chunk_size=chunk_size)
-    weighted = {name: weights[name] * divs[f"{s.target}/{s.kind}/{s.top_k}/{s.beta}"]
-                for name, s in specs.items()}
+    requests = {
+        f"{s.target}/{s.kind}/{s.top_k}/{s.beta}": (
+            s.target,
+            s.kind,
+            s.beta,
+            top_k if s.top_k else None,
+        )
+        for s in specs.values()
+    }
+    divs = div_lib.token_divergences(
+        student_logits, targets, requests, topk_mode=topk_mode, chunk_size=chunk_size
+    )
+    weighted = {
+        name: weights[name] * divs[f"{s.target}/{s.kind}/{s.top_k}/{s.beta}"]
+        for name, s in specs.items()
+    }
     # where, not a product: an inf divergence outside its regime must not leak.
     per_token_BT = sum(jnp.where(regimes[r] > 0, weighted[r], 0.0) for r in specs)
     loss = div_lib.sequence_mean(per_token_BT, mask)
 
-    logp_BT = jax.lax.stop_gradient(
-        div_lib.sampled_logprobs(student_logits, tokens, chunk_size))
-    metrics = _dopd_regime_metrics(regimes, jax.lax.stop_gradient(weighted),
-                                   stats["gap"], mask)
+    logp_BT = jax.lax.stop_gradient(div_lib.sampled_logprobs(student_logits, tokens, chunk_size))
+    metrics = _dopd_regime_metrics(regimes, jax.lax.stop_gradient(weighted), stats["gap"], mask)
     metrics.update(refs)
     metrics.update(_privilege_metrics(stats, logp_BT, mask))
     return loss, metrics
 
 
-def _check_dopd_args(student_logits, priv_student_logits, teacher_logits, tokens, mask,
-                     top_k, topk_mode, hs_target):
+def _check_dopd_args(
+    student_logits, priv_student_logits, teacher_logits, tokens, mask, top_k, topk_mode, hs_target
+):
     """dopd_loss's argument checks (ValueError naming the problem, before tracing)."""
     div_lib.check_top_k(top_k, allow_none=False)
     if hs_target not in HS_TARGETS:
@@ -132,14 +172,25 @@ def _check_dopd_args(student_logits, priv_student_logits, teacher_logits, tokens
 
 def _privilege_metrics(stats, logp_BT, mask_BT) -> dict:
     """Mean gap and sampled-token KLs of the student to both privileged passes."""
-    return {"gap_mean": div_lib.token_mean(stats["gap"], mask_BT),
-            "kl_priv_teacher": div_lib.token_mean(logp_BT - stats["logqT"], mask_BT),
-            "kl_priv_student": div_lib.token_mean(logp_BT - stats["logqS"], mask_BT)}
+    return {
+        "gap_mean": div_lib.token_mean(stats["gap"], mask_BT),
+        "kl_priv_teacher": div_lib.token_mean(logp_BT - stats["logqT"], mask_BT),
+        "kl_priv_student": div_lib.token_mean(logp_BT - stats["logqS"], mask_BT),
+    }
 
 
-def opd_pg_loss(student_logits, teacher_logits, tokens, mask, *,
-                sampler_logp=None, is_clip=None, adv_clip=None,
-                outcome_adv=None, chunk_size=None):
+def opd_pg_loss(
+    student_logits,
+    teacher_logits,
+    tokens,
+    mask,
+    *,
+    sampler_logp=None,
+    is_clip=None,
+    adv_clip=None,
+    outcome_adv=None,
+    chunk_size=None,
+):
     """On-policy distillation, per-token advantage form (methods.md sections 3, 7).
 
     A_n = sg[log T(y_n) - log S(y_n)] (clipped to +-adv_clip when given, then
@@ -164,24 +215,23 @@ def opd_pg_loss(student_logits, teacher_logits, tokens, mask, *,
       (loss, metrics) with kl_teacher, adv_mean and, with sampler_logp,
       is_weight_mean and is_zeroed_frac.
     """
-    _check_pg_args(student_logits, teacher_logits, tokens, mask, sampler_logp, is_clip,
-                   adv_clip)
+    _check_pg_args(student_logits, teacher_logits, tokens, mask, sampler_logp, is_clip, adv_clip)
 
     logS_BT = div_lib.sampled_logprobs(student_logits, tokens, chunk_size)
-    logT_BT = div_lib.sampled_logprobs(
-        jax.lax.stop_gradient(teacher_logits), tokens, chunk_size)
+    logT_BT = div_lib.sampled_logprobs(jax.lax.stop_gradient(teacher_logits), tokens, chunk_size)
     kl_BT = jax.lax.stop_gradient(logS_BT) - logT_BT
     adv_BT = _pg_advantage(kl_BT, tokens, adv_clip, outcome_adv)
-    metrics = {"kl_teacher": div_lib.token_mean(kl_BT, mask),
-               "adv_mean": div_lib.token_mean(adv_BT, mask)}
+    metrics = {
+        "kl_teacher": div_lib.token_mean(kl_BT, mask),
+        "adv_mean": div_lib.token_mean(adv_BT, mask),
+    }
     weight_BT, is_metrics = _importance_weights(logS_BT, sampler_logp, is_clip, mask)
     metrics.update(is_metrics)
     loss = div_lib.sequence_mean(-weight_BT * adv_BT * logS_BT, mask)
     return loss, metrics
 
 
-def _check_pg_args(student_logits, teacher_logits, tokens, mask, sampler_logp, is_clip,
-                   adv_clip):
+def _check_pg_args(student_logits, teacher_logits, tokens, mask, sampler_logp, is_clip, adv_clip):
     """opd_pg_loss's argument checks (ValueError naming the problem, before tracing)."""
     div_lib.check_same_shape(student_logits, teacher_logits, "teacher")
     _check_tokens_mask(student_logits, tokens, mask)
@@ -203,8 +253,10 @@ def _pg_advantage(kl_BT, tokens_BT, adv_clip, outcome_adv):
     if outcome_adv is not None:
         outcome_adv = jnp.asarray(outcome_adv, jnp.float32)
         if outcome_adv.shape not in (tokens_BT.shape[:1], tokens_BT.shape):
-            raise ValueError(f"outcome_adv {outcome_adv.shape} must be [B] or [B, T] "
-                             f"with [B, T] = {tokens_BT.shape}")
+            raise ValueError(
+                f"outcome_adv {outcome_adv.shape} must be [B] or [B, T] "
+                f"with [B, T] = {tokens_BT.shape}"
+            )
         adv_BT = adv_BT + (outcome_adv[:, None] if outcome_adv.ndim == 1 else outcome_adv)
     return jax.lax.stop_gradient(adv_BT)
 
@@ -222,8 +274,18 @@ def _importance_weights(logS_BT, sampler_logp, is_clip, mask_BT):
     return weight_BT, metrics
 
 
-def divergence_loss(student_logits, target_logits, tokens, mask, *, kind="rkl",
-                    beta=0.5, top_k=None, topk_mode="renormalize", chunk_size=None):
+def divergence_loss(
+    student_logits,
+    target_logits,
+    tokens,
+    mask,
+    *,
+    kind="rkl",
+    beta=0.5,
+    top_k=None,
+    topk_mode="renormalize",
+    chunk_size=None,
+):
     """Per-token divergence to one target (OPD analytic, Priv.T->S, OPSD).
 
     Args:
@@ -243,13 +305,20 @@ def divergence_loss(student_logits, target_logits, tokens, mask, *, kind="rkl",
     _check_tokens_mask(student_logits, tokens, mask)
     target_logits = jax.lax.stop_gradient(target_logits)
     div_BT = div_lib.token_divergence(
-        student_logits, target_logits, kind=kind, beta=beta, top_k=top_k,
-        topk_mode=topk_mode, chunk_size=chunk_size)
+        student_logits,
+        target_logits,
+        kind=kind,
+        beta=beta,
+        top_k=top_k,
+        topk_mode=topk_mode,
+        chunk_size=chunk_size,
+    )
     logS_BT = div_lib.sampled_logprobs(student_logits, tokens, chunk_size)
     logT_BT = div_lib.sampled_logprobs(target_logits, tokens, chunk_size)
-    metrics = {"div_mean": div_lib.token_mean(jax.lax.stop_gradient(div_BT), mask),
-               "kl_target": div_lib.token_mean(
-                   jax.lax.stop_gradient(logS_BT - logT_BT), mask)}
+    metrics = {
+        "div_mean": div_lib.token_mean(jax.lax.stop_gradient(div_BT), mask),
+        "kl_target": div_lib.token_mean(jax.lax.stop_gradient(logS_BT - logT_BT), mask),
+    }
     return div_lib.sequence_mean(div_BT, mask), metrics
 
 

@@ -7,6 +7,7 @@ array functions, so they can be prototyped in a notebook on saved statistics.
 What each regime trains towards (target, divergence, weight) is data in
 ``DOPD_REGIME_SPECS``, which the DOPD loss reads.
 """
+
 import dataclasses
 
 import jax
@@ -63,8 +64,7 @@ def trimmed_mean(x_BT, mask_BT, outlier_fraction=0.05):
     return jnp.where(count > 0, total / jnp.maximum(count, 1), 0.0)
 
 
-def privilege_stats(priv_student_logits_BTV, teacher_logits_BTV, tokens_BT,
-                    chunk_size=None):
+def privilege_stats(priv_student_logits_BTV, teacher_logits_BTV, tokens_BT, chunk_size=None):
     """Sampled-token statistics of the two privileged passes (stop-gradient).
 
     Args:
@@ -78,31 +78,40 @@ def privilege_stats(priv_student_logits_BTV, teacher_logits_BTV, tokens_BT,
       ``qT`` (probabilities), ``logqS``, ``logqT``.
     """
     logqS_BT = divergences.sampled_logprobs(
-        jax.lax.stop_gradient(priv_student_logits_BTV), tokens_BT, chunk_size)
+        jax.lax.stop_gradient(priv_student_logits_BTV), tokens_BT, chunk_size
+    )
     logqT_BT = divergences.sampled_logprobs(
-        jax.lax.stop_gradient(teacher_logits_BTV), tokens_BT, chunk_size)
-    return {"gap": jnp.abs(logqT_BT - logqS_BT), "qS": jnp.exp(logqS_BT),
-            "qT": jnp.exp(logqT_BT), "logqS": logqS_BT, "logqT": logqT_BT}
+        jax.lax.stop_gradient(teacher_logits_BTV), tokens_BT, chunk_size
+    )
+    return {
+        "gap": jnp.abs(logqT_BT - logqS_BT),
+        "qS": jnp.exp(logqS_BT),
+        "qT": jnp.exp(logqT_BT),
+        "logqS": logqS_BT,
+        "logqT": logqT_BT,
+    }
 
 
 def _given_refs(refs, gap_threshold):
     """Validates caller-supplied reference values; float32 scalars under stop-gradient."""
     if gap_threshold is not None and gap_threshold != "batch_mean":
-        raise ValueError("give either refs or gap_threshold, not both: refs already "
-                         f"fixes A_bar (got gap_threshold={gap_threshold!r})")
+        raise ValueError(
+            "give either refs or gap_threshold, not both: refs already "
+            f"fixes A_bar (got gap_threshold={gap_threshold!r})"
+        )
     if not isinstance(refs, dict) or set(refs) != set(REF_KEYS):
         got = sorted(refs) if isinstance(refs, dict) else type(refs).__name__
         raise ValueError(f"refs must be a dict with keys {REF_KEYS}, got {got}")
     out = {k: jax.lax.stop_gradient(jnp.asarray(refs[k], jnp.float32)) for k in REF_KEYS}
     bad = [k for k, v in out.items() if v.shape != ()]
     if bad:
-        raise ValueError(f"refs {bad} must be scalars, got shapes "
-                         f"{[out[k].shape for k in bad]}")
+        raise ValueError(f"refs {bad} must be scalars, got shapes {[out[k].shape for k in bad]}")
     return out
 
 
-def dopd_regimes(gap_BT, qS_BT, qT_BT, mask_BT, *, outlier_fraction=0.05,
-                 gap_threshold=None, refs=None):
+def dopd_regimes(
+    gap_BT, qS_BT, qT_BT, mask_BT, *, outlier_fraction=0.05, gap_threshold=None, refs=None
+):
     """DOPD's advantage-gated routing (methods.md section 4 table).
 
     LH: A < A_bar and qS + qT >= qS_bar + qT_bar;  LL: A < A_bar otherwise;
@@ -129,9 +138,11 @@ def dopd_regimes(gap_BT, qS_BT, qT_BT, mask_BT, *, outlier_fraction=0.05,
     if not gap_BT.shape == qS_BT.shape == qT_BT.shape == mask_BT.shape:
         raise ValueError(
             f"gap {gap_BT.shape}, qS {qS_BT.shape}, qT {qT_BT.shape} and mask "
-            f"{mask_BT.shape} must have the same [B, T] shape")
-    gap_BT, qS_BT, qT_BT = (jax.lax.stop_gradient(x).astype(jnp.float32)
-                            for x in (gap_BT, qS_BT, qT_BT))
+            f"{mask_BT.shape} must have the same [B, T] shape"
+        )
+    gap_BT, qS_BT, qT_BT = (
+        jax.lax.stop_gradient(x).astype(jnp.float32) for x in (gap_BT, qS_BT, qT_BT)
+    )
     if refs is not None:
         refs = _given_refs(refs, gap_threshold)
     else:
@@ -157,13 +168,16 @@ def _batch_refs(gap_BT, qS_BT, qT_BT, mask_BT, outlier_fraction, gap_threshold):
     if gap_threshold is None or gap_threshold == "batch_mean":
         a_bar = trimmed_mean(gap_BT, mask_BT, outlier_fraction)
     elif isinstance(gap_threshold, str):
-        raise ValueError(f"gap_threshold must be None, 'batch_mean' or a number, "
-                         f"got {gap_threshold!r}")
+        raise ValueError(
+            f"gap_threshold must be None, 'batch_mean' or a number, got {gap_threshold!r}"
+        )
     else:
         a_bar = jnp.asarray(gap_threshold, jnp.float32)
-    return {"A_bar": a_bar,
-            "qS_bar": trimmed_mean(qS_BT, mask_BT, outlier_fraction),
-            "qT_bar": trimmed_mean(qT_BT, mask_BT, outlier_fraction)}
+    return {
+        "A_bar": a_bar,
+        "qS_bar": trimmed_mean(qS_BT, mask_BT, outlier_fraction),
+        "qT_bar": trimmed_mean(qT_BT, mask_BT, outlier_fraction),
+    }
 
 
 ROUTING_RULES = {"dopd": dopd_regimes}
@@ -180,6 +194,7 @@ class RegimeSpec:
     default_weight: the paper's weight (used when weight_arg is None).
     beta: JSD mixture weight (ignored by the KLs).
     """
+
     target: str
     kind: str
     top_k: bool

@@ -8,11 +8,20 @@
 ``get_method`` takes a registered name or an import path
 ``package.module:NAME`` to a ``Method`` in the user's own code.
 """
+
 from __future__ import annotations
 
 from dopd_jax import plugins
-from dopd_jax.methods.base import (BatchRefs, Method, Pass, build_config, config_defaults,
-                                   pass_from_name, pass_name, priv_student_pass)
+from dopd_jax.methods.base import (
+    BatchRefs,
+    Method,
+    Pass,
+    build_config,
+    config_defaults,
+    pass_from_name,
+    pass_name,
+    priv_student_pass,
+)
 from dopd_jax.methods.dopd import DOPD, DOPDConfig
 from dopd_jax.methods.opd import OPD, PRIVT, OPDConfig
 from dopd_jax.methods.opsd import OPSD, OPSDConfig
@@ -33,15 +42,36 @@ def get_method(name: str) -> Method:
     if plugins.is_import_path(name):
         method = plugins.load_object(name, "method")
         if not isinstance(method, Method):
-            raise ValueError(f"method import path {name!r} names a {type(method).__name__}, "
-                             "not a dopd_jax.methods.Method")
+            raise ValueError(
+                f"method import path {name!r} names a {type(method).__name__}, "
+                "not a dopd_jax.methods.Method"
+            )
         return method
     if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; valid methods: {sorted(METHODS)} "
-                         "(or an import path 'package.module:NAME')")
+        raise ValueError(
+            f"unknown method {name!r}; valid methods: {sorted(METHODS)} "
+            "(or an import path 'package.module:NAME')"
+        )
     return METHODS[name]
 
 
-__all__ = ["BatchRefs", "DOPD", "DOPDConfig", "METHODS", "Method", "OPD", "OPDConfig", "OPSD",
-           "OPSDConfig", "PRIVT", "Pass", "build_config", "config_defaults", "get_method",
-           "pass_from_name", "pass_name", "priv_student_pass", "register"]
+__all__ = [
+    "BatchRefs",
+    "DOPD",
+    "DOPDConfig",
+    "METHODS",
+    "Method",
+    "OPD",
+    "OPDConfig",
+    "OPSD",
+    "OPSDConfig",
+    "PRIVT",
+    "Pass",
+    "build_config",
+    "config_defaults",
+    "get_method",
+    "pass_from_name",
+    "pass_name",
+    "priv_student_pass",
+    "register",
+]

@@ -19,10 +19,12 @@ prefix, then the role, e.g. ``teacher`` (T->S), ``priv_teacher``
 (Priv.T->S) and ``priv_student`` (OPSD / DOPD; backed by role ``ref`` when
 the method's config asks for a frozen or EMA privileged student).
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 PREFIXES = ("x", "x+p")
 BASE_ROLES = ("student", "ref", "teacher")
@@ -49,8 +51,11 @@ class Pass:
 
 def check_role(role: str) -> str:
     """Returns ``role`` if valid (``teacher/<name>`` with a non-empty name), else raises."""
-    if role in BASE_ROLES or (role.startswith("teacher/") and len(role) > len("teacher/")
-                              and "/" not in role[len("teacher/"):]):
+    if role in BASE_ROLES or (
+        role.startswith("teacher/")
+        and len(role) > len("teacher/")
+        and "/" not in role[len("teacher/") :]
+    ):
         return role
     raise ValueError(f"unknown model role {role!r}; valid: {BASE_ROLES} or 'teacher/<name>'")
 
@@ -63,7 +68,7 @@ def pass_name(p: Pass) -> str:
 def pass_from_name(name: str) -> Pass:
     """Inverse of ``pass_name``: ``"priv_teacher"`` -> ``Pass("teacher", "x+p")``."""
     if name.startswith("priv_"):
-        return Pass(name[len("priv_"):], "x+p")
+        return Pass(name[len("priv_") :], "x+p")
     return Pass(name, "x")
 
 

@@ -5,6 +5,7 @@ student was more confident (HS) were mostly the student's own mistakes: HS
 grew to about half of all tokens and the relative threshold ``A_bar`` kept
 rising. ``CollapseMonitor`` watches the logged metrics for both signs.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -33,23 +34,27 @@ class CollapseMonitor:
         frac_hs = metrics.get("frac_HS")
         if frac_hs is not None and frac_hs > self.hs_threshold and "hs" not in self.raised:
             self.raised.add("hs")
-            out.append(f"step {step}: HS tokens are {frac_hs:.0%} of all tokens "
-                       f"(> {self.hs_threshold:.0%}); the privileged student may be "
-                       "reinforcing its own mistakes (try hs_target=teacher or "
-                       "priv_student=frozen)")
+            out.append(
+                f"step {step}: HS tokens are {frac_hs:.0%} of all tokens "
+                f"(> {self.hs_threshold:.0%}); the privileged student may be "
+                "reinforcing its own mistakes (try hs_target=teacher or "
+                "priv_student=frozen)"
+            )
         a_bar = metrics.get("A_bar")
         if a_bar is not None:
             self.history.append(float(a_bar))
             if self._rising() and "a_bar" not in self.raised:
                 self.raised.add("a_bar")
-                w = self.history[-self.rise_window:]
-                out.append(f"step {step}: A_bar kept rising over the last {self.rise_window} "
-                           f"logs ({w[0]:.3g} -> {w[-1]:.3g}); the routing threshold is "
-                           "drifting with the student")
+                w = self.history[-self.rise_window :]
+                out.append(
+                    f"step {step}: A_bar kept rising over the last {self.rise_window} "
+                    f"logs ({w[0]:.3g} -> {w[-1]:.3g}); the routing threshold is "
+                    "drifting with the student"
+                )
         return out
 
     def _rising(self) -> bool:
-        w = self.history[-self.rise_window:]
+        w = self.history[-self.rise_window :]
         if len(w) < self.rise_window:
             return False
         increasing = all(b > a for a, b in zip(w, w[1:]))
@@ -60,6 +65,6 @@ class CollapseMonitor:
         return {"history": list(self.history), "raised": sorted(self.raised)}
 
     @classmethod
-    def from_state(cls, state: dict) -> "CollapseMonitor":
+    def from_state(cls, state: dict) -> CollapseMonitor:
         """Inverse of ``state``."""
         return cls(history=list(state["history"]), raised=set(state["raised"]))

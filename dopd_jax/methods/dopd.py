@@ -7,14 +7,21 @@ privileged student is the live student by default, or its frozen / EMA copy
 (``priv_student``), one of the two robustness switches against the collapse
 the monitor watches for; ``hs_target="teacher"`` is the other.
 """
+
 from __future__ import annotations
 
 import dataclasses
 
 from dopd_jax import losses
 from dopd_jax.losses import routing
-from dopd_jax.methods.base import (PRIV_STUDENT_MODES, BatchRefs, Method, Pass, check_choice,
-                                   priv_student_pass)
+from dopd_jax.methods.base import (
+    PRIV_STUDENT_MODES,
+    BatchRefs,
+    Method,
+    Pass,
+    check_choice,
+    priv_student_pass,
+)
 from dopd_jax.methods.collapse_monitor import CollapseMonitor
 from dopd_jax.methods.opd import TOPK_MODES
 
@@ -42,34 +49,59 @@ class DOPDConfig:
 
 
 def _passes(cfg: DOPDConfig) -> dict[str, Pass]:
-    return {"priv_teacher": Pass("teacher", "x+p"),
-            "priv_student": priv_student_pass(cfg.priv_student)}
+    return {
+        "priv_teacher": Pass("teacher", "x+p"),
+        "priv_student": priv_student_pass(cfg.priv_student),
+    }
 
 
 def _loss(student_BTV, targets, ro, cfg: DOPDConfig, *, chunk_size=None, refs=None):
     return losses.dopd_loss(
-        student_BTV, targets["priv_student"], targets["priv_teacher"], ro.tokens_BT,
-        ro.mask_BT, top_k=cfg.top_k, beta_light=cfg.beta_light, beta_weak=cfg.beta_weak,
-        outlier_fraction=cfg.outlier_fraction, topk_mode=cfg.topk_mode,
-        hs_target=cfg.hs_target, gap_threshold=None if refs else cfg.gap_threshold,
-        chunk_size=chunk_size, refs=refs)
+        student_BTV,
+        targets["priv_student"],
+        targets["priv_teacher"],
+        ro.tokens_BT,
+        ro.mask_BT,
+        top_k=cfg.top_k,
+        beta_light=cfg.beta_light,
+        beta_weak=cfg.beta_weak,
+        outlier_fraction=cfg.outlier_fraction,
+        topk_mode=cfg.topk_mode,
+        hs_target=cfg.hs_target,
+        gap_threshold=None if refs else cfg.gap_threshold,
+        chunk_size=chunk_size,
+        refs=refs,
+    )
 
 
 def _ref_stats(cfg: DOPDConfig, targets, tokens_BT, chunk_size) -> dict:
-    stats = routing.privilege_stats(targets["priv_student"], targets["priv_teacher"],
-                                    tokens_BT, chunk_size)
+    stats = routing.privilege_stats(
+        targets["priv_student"], targets["priv_teacher"], tokens_BT, chunk_size
+    )
     return {"gap": stats["gap"], "qS": stats["qS"], "qT": stats["qT"]}
 
 
 def _reduce_refs(cfg: DOPDConfig, stats_NT: dict, mask_NT) -> dict:
-    _, refs = routing.dopd_regimes(stats_NT["gap"], stats_NT["qS"], stats_NT["qT"], mask_NT,
-                                   outlier_fraction=cfg.outlier_fraction,
-                                   gap_threshold=cfg.gap_threshold)
+    _, refs = routing.dopd_regimes(
+        stats_NT["gap"],
+        stats_NT["qS"],
+        stats_NT["qT"],
+        mask_NT,
+        outlier_fraction=cfg.outlier_fraction,
+        gap_threshold=cfg.gap_threshold,
+    )
     return refs
 
 
 DOPD = Method(
-    name="dopd", label="DOPD", config_cls=DOPDConfig, passes=_passes, loss=_loss,
-    main_target="priv_teacher", requires=("privileged",),
-    batch_refs=BatchRefs(stats=_ref_stats, reduce=_reduce_refs), monitor=CollapseMonitor,
-    description="dual on-policy distillation, advantage-gated routing")
+    name="dopd",
+    label="DOPD",
+    config_cls=DOPDConfig,
+    passes=_passes,
+    loss=_loss,
+    main_target="priv_teacher",
+    requires=("privileged",),
+    batch_refs=BatchRefs(stats=_ref_stats, reduce=_reduce_refs),
+    monitor=CollapseMonitor,
+    description="dual on-policy distillation, advantage-gated routing",
+)

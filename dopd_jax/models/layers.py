@@ -9,6 +9,7 @@ for a plain forward, the KV cache for decoding). Causality compares slots,
 while rotary embeddings use the separate token positions, so left padding
 shifts slots but not positions.
 """
+
 from __future__ import annotations
 
 import typing
@@ -18,7 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 if typing.TYPE_CHECKING:
-  from dopd_jax.models.transformer import ModelConfig
+    from dopd_jax.models.transformer import ModelConfig
 
 # Finite stand-in for -inf: a fully masked row (a pad query) then yields a
 # harmless uniform average instead of NaN.
@@ -26,149 +27,158 @@ _MASKED_SCORE = -1e30
 
 
 class RMSNorm(nnx.Module):
-  """Root-mean-square norm; statistics in float32, output in compute dtype."""
+    """Root-mean-square norm; statistics in float32, output in compute dtype."""
 
-  def __init__(self, dim: int, *, eps: float, dtype, param_dtype):
-    self.scale = nnx.Param(jnp.ones((dim,), param_dtype))
-    self.eps = eps
-    self.dtype = dtype
+    def __init__(self, dim: int, *, eps: float, dtype, param_dtype):
+        self.scale = nnx.Param(jnp.ones((dim,), param_dtype))
+        self.eps = eps
+        self.dtype = dtype
 
-  def __call__(self, x_BTD: jax.Array) -> jax.Array:
-    x32_BTD = x_BTD.astype(jnp.float32)
-    var_BT1 = jnp.mean(jnp.square(x32_BTD), axis=-1, keepdims=True)
-    normed_BTD = (x32_BTD * jax.lax.rsqrt(var_BT1 + self.eps)).astype(self.dtype)
-    # Cast before scaling, as Hugging Face does, so imported weights match.
-    return normed_BTD * self.scale[...].astype(self.dtype)
-
-
-def apply_rope(x_BTNE: jax.Array, positions_BT: jax.Array,
-               theta: float) -> jax.Array:
-  """Rotary embedding in the Llama/Qwen ``rotate_half`` convention.
-
-  Args:
-    x_BTNE: queries or keys, [B, T, heads, E] with E even.
-    positions_BT: int token positions.
-    theta: rotary base.
-
-  Returns:
-    Rotated array, same shape and dtype as ``x_BTNE``.
-  """
-  half = x_BTNE.shape[-1] // 2
-  inv_freq_F = 1.0 / (theta ** (jnp.arange(half, dtype=jnp.float32) / half))
-  angles_BTF = positions_BT.astype(jnp.float32)[..., None] * inv_freq_F
-  cos_BT1E = jnp.cos(jnp.concatenate([angles_BTF] * 2, -1))[:, :, None, :]
-  sin_BT1E = jnp.sin(jnp.concatenate([angles_BTF] * 2, -1))[:, :, None, :]
-  x32 = x_BTNE.astype(jnp.float32)
-  rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
-  return (x32 * cos_BT1E + rotated * sin_BT1E).astype(x_BTNE.dtype)
+    def __call__(self, x_BTD: jax.Array) -> jax.Array:
+        x32_BTD = x_BTD.astype(jnp.float32)
+        var_BT1 = jnp.mean(jnp.square(x32_BTD), axis=-1, keepdims=True)
+        normed_BTD = (x32_BTD * jax.lax.rsqrt(var_BT1 + self.eps)).astype(self.dtype)
+        # Cast before scaling, as Hugging Face does, so imported weights match.
+        return normed_BTD * self.scale[...].astype(self.dtype)
 
 
-def attend(q_BTHE: jax.Array, k_BSGE: jax.Array, v_BSGE: jax.Array,
-           q_slots_T: jax.Array, kv_mask_BS: jax.Array) -> jax.Array:
-  """Causal grouped-query attention over key slots.
+def apply_rope(x_BTNE: jax.Array, positions_BT: jax.Array, theta: float) -> jax.Array:
+    """Rotary embedding in the Llama/Qwen ``rotate_half`` convention.
 
-  Args:
-    q_BTHE: queries (already rotated); H must be a multiple of G.
-    k_BSGE: keys (already rotated).
-    v_BSGE: values.
-    q_slots_T: key slot of each query, so a query sees keys at slots <= its own.
-    kv_mask_BS: bool, False on pad keys, which are never attended to.
+    Args:
+      x_BTNE: queries or keys, [B, T, heads, E] with E even.
+      positions_BT: int token positions.
+      theta: rotary base.
 
-  Returns:
-    Attention output [B, T, H, E] in the query dtype.
-  """
-  b, t, h, e = q_BTHE.shape
-  g = k_BSGE.shape[2]
-  q_BTGRE = q_BTHE.reshape(b, t, g, h // g, e)
-  scores_BGRTS = jnp.einsum("btgre,bsge->bgrts", q_BTGRE, k_BSGE,
-                            preferred_element_type=jnp.float32) * e ** -0.5
-  causal_TS = jnp.arange(k_BSGE.shape[1])[None, :] <= q_slots_T[:, None]
-  allowed_BTS = causal_TS[None] & kv_mask_BS[:, None, :]
-  scores_BGRTS = jnp.where(allowed_BTS[:, None, None], scores_BGRTS,
-                           _MASKED_SCORE)
-  probs_BGRTS = jax.nn.softmax(scores_BGRTS, axis=-1).astype(v_BSGE.dtype)
-  out_BTGRE = jnp.einsum("bgrts,bsge->btgre", probs_BGRTS, v_BSGE)
-  return out_BTGRE.reshape(b, t, h, e)
+    Returns:
+      Rotated array, same shape and dtype as ``x_BTNE``.
+    """
+    half = x_BTNE.shape[-1] // 2
+    inv_freq_F = 1.0 / (theta ** (jnp.arange(half, dtype=jnp.float32) / half))
+    angles_BTF = positions_BT.astype(jnp.float32)[..., None] * inv_freq_F
+    cos_BT1E = jnp.cos(jnp.concatenate([angles_BTF] * 2, -1))[:, :, None, :]
+    sin_BT1E = jnp.sin(jnp.concatenate([angles_BTF] * 2, -1))[:, :, None, :]
+    x32 = x_BTNE.astype(jnp.float32)
+    rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
+    return (x32 * cos_BT1E + rotated * sin_BT1E).astype(x_BTNE.dtype)
+
+
+def attend(
+    q_BTHE: jax.Array,
+    k_BSGE: jax.Array,
+    v_BSGE: jax.Array,
+    q_slots_T: jax.Array,
+    kv_mask_BS: jax.Array,
+) -> jax.Array:
+    """Causal grouped-query attention over key slots.
+
+    Args:
+      q_BTHE: queries (already rotated); H must be a multiple of G.
+      k_BSGE: keys (already rotated).
+      v_BSGE: values.
+      q_slots_T: key slot of each query, so a query sees keys at slots <= its own.
+      kv_mask_BS: bool, False on pad keys, which are never attended to.
+
+    Returns:
+      Attention output [B, T, H, E] in the query dtype.
+    """
+    b, t, h, e = q_BTHE.shape
+    g = k_BSGE.shape[2]
+    q_BTGRE = q_BTHE.reshape(b, t, g, h // g, e)
+    scores_BGRTS = (
+        jnp.einsum("btgre,bsge->bgrts", q_BTGRE, k_BSGE, preferred_element_type=jnp.float32)
+        * e**-0.5
+    )
+    causal_TS = jnp.arange(k_BSGE.shape[1])[None, :] <= q_slots_T[:, None]
+    allowed_BTS = causal_TS[None] & kv_mask_BS[:, None, :]
+    scores_BGRTS = jnp.where(allowed_BTS[:, None, None], scores_BGRTS, _MASKED_SCORE)
+    probs_BGRTS = jax.nn.softmax(scores_BGRTS, axis=-1).astype(v_BSGE.dtype)
+    out_BTGRE = jnp.einsum("bgrts,bsge->btgre", probs_BGRTS, v_BSGE)
+    return out_BTGRE.reshape(b, t, h, e)
 
 
 def _linear(d_in: int, d_out: int, cfg: ModelConfig, rngs: nnx.Rngs):
-  return nnx.Linear(d_in, d_out, use_bias=False, dtype=cfg.compute_dtype,
-                    param_dtype=cfg.params_dtype, rngs=rngs)
+    return nnx.Linear(
+        d_in,
+        d_out,
+        use_bias=False,
+        dtype=cfg.compute_dtype,
+        param_dtype=cfg.params_dtype,
+        rngs=rngs,
+    )
 
 
 class Attention(nnx.Module):
-  """Grouped-query self-attention with optional Qwen3 QK-norm."""
+    """Grouped-query self-attention with optional Qwen3 QK-norm."""
 
-  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-    self.cfg = cfg
-    self.q_proj = _linear(cfg.d_model, cfg.n_heads * cfg.head_dim, cfg, rngs)
-    self.k_proj = _linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, cfg, rngs)
-    self.v_proj = _linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, cfg, rngs)
-    self.o_proj = _linear(cfg.n_heads * cfg.head_dim, cfg.d_model, cfg, rngs)
-    if cfg.qk_norm:
-      norm_kw = dict(eps=cfg.norm_eps, dtype=cfg.compute_dtype,
-                     param_dtype=cfg.params_dtype)
-      self.q_norm = RMSNorm(cfg.head_dim, **norm_kw)
-      self.k_norm = RMSNorm(cfg.head_dim, **norm_kw)
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.q_proj = _linear(cfg.d_model, cfg.n_heads * cfg.head_dim, cfg, rngs)
+        self.k_proj = _linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, cfg, rngs)
+        self.v_proj = _linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, cfg, rngs)
+        self.o_proj = _linear(cfg.n_heads * cfg.head_dim, cfg.d_model, cfg, rngs)
+        if cfg.qk_norm:
+            norm_kw = dict(eps=cfg.norm_eps, dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype)
+            self.q_norm = RMSNorm(cfg.head_dim, **norm_kw)
+            self.k_norm = RMSNorm(cfg.head_dim, **norm_kw)
 
-  def __call__(self, x_BTD, positions_BT, kv_mask_BS, cache_kv=None,
-               index=None):
-    """Attends from T new tokens; returns (out_BTD, (k_BSGE, v_BSGE)).
+    def __call__(self, x_BTD, positions_BT, kv_mask_BS, cache_kv=None, index=None):
+        """Attends from T new tokens; returns (out_BTD, (k_BSGE, v_BSGE)).
 
-    Without ``cache_kv`` the keys are the T tokens themselves (S = T). With
-    ``cache_kv = (k_BSGE, v_BSGE)`` the new keys/values are written at slot
-    ``index`` first and the updated cache arrays are returned.
-    """
-    cfg = self.cfg
-    b, t, _ = x_BTD.shape
-    q_BTHE = self.q_proj(x_BTD).reshape(b, t, cfg.n_heads, cfg.head_dim)
-    k_BTGE = self.k_proj(x_BTD).reshape(b, t, cfg.n_kv_heads, cfg.head_dim)
-    v_BTGE = self.v_proj(x_BTD).reshape(b, t, cfg.n_kv_heads, cfg.head_dim)
-    if cfg.qk_norm:
-      q_BTHE, k_BTGE = self.q_norm(q_BTHE), self.k_norm(k_BTGE)
-    q_BTHE = apply_rope(q_BTHE, positions_BT, cfg.rope_theta)
-    k_BTGE = apply_rope(k_BTGE, positions_BT, cfg.rope_theta)
-    if cache_kv is None:
-      k_BSGE, v_BSGE, q_slots_T = k_BTGE, v_BTGE, jnp.arange(t)
-    else:
-      start = (0, index, 0, 0)
-      k_BSGE = jax.lax.dynamic_update_slice(
-          cache_kv[0], k_BTGE.astype(cache_kv[0].dtype), start)
-      v_BSGE = jax.lax.dynamic_update_slice(
-          cache_kv[1], v_BTGE.astype(cache_kv[1].dtype), start)
-      q_slots_T = index + jnp.arange(t)
-    out_BTHE = attend(q_BTHE, k_BSGE.astype(q_BTHE.dtype),
-                      v_BSGE.astype(q_BTHE.dtype), q_slots_T, kv_mask_BS)
-    return self.o_proj(out_BTHE.reshape(b, t, -1)), (k_BSGE, v_BSGE)
+        Without ``cache_kv`` the keys are the T tokens themselves (S = T). With
+        ``cache_kv = (k_BSGE, v_BSGE)`` the new keys/values are written at slot
+        ``index`` first and the updated cache arrays are returned.
+        """
+        cfg = self.cfg
+        b, t, _ = x_BTD.shape
+        q_BTHE = self.q_proj(x_BTD).reshape(b, t, cfg.n_heads, cfg.head_dim)
+        k_BTGE = self.k_proj(x_BTD).reshape(b, t, cfg.n_kv_heads, cfg.head_dim)
+        v_BTGE = self.v_proj(x_BTD).reshape(b, t, cfg.n_kv_heads, cfg.head_dim)
+        if cfg.qk_norm:
+            q_BTHE, k_BTGE = self.q_norm(q_BTHE), self.k_norm(k_BTGE)
+        q_BTHE = apply_rope(q_BTHE, positions_BT, cfg.rope_theta)
+        k_BTGE = apply_rope(k_BTGE, positions_BT, cfg.rope_theta)
+        if cache_kv is None:
+            k_BSGE, v_BSGE, q_slots_T = k_BTGE, v_BTGE, jnp.arange(t)
+        else:
+            start = (0, index, 0, 0)
+            k_BSGE = jax.lax.dynamic_update_slice(
+                cache_kv[0], k_BTGE.astype(cache_kv[0].dtype), start
+            )
+            v_BSGE = jax.lax.dynamic_update_slice(
+                cache_kv[1], v_BTGE.astype(cache_kv[1].dtype), start
+            )
+            q_slots_T = index + jnp.arange(t)
+        out_BTHE = attend(
+            q_BTHE, k_BSGE.astype(q_BTHE.dtype), v_BSGE.astype(q_BTHE.dtype), q_slots_T, kv_mask_BS
+        )
+        return self.o_proj(out_BTHE.reshape(b, t, -1)), (k_BSGE, v_BSGE)
 
 
 class MLP(nnx.Module):
-  """SwiGLU feed-forward: down(silu(gate(x)) * up(x))."""
+    """SwiGLU feed-forward: down(silu(gate(x)) * up(x))."""
 
-  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-    self.gate_proj = _linear(cfg.d_model, cfg.d_ff, cfg, rngs)
-    self.up_proj = _linear(cfg.d_model, cfg.d_ff, cfg, rngs)
-    self.down_proj = _linear(cfg.d_ff, cfg.d_model, cfg, rngs)
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.gate_proj = _linear(cfg.d_model, cfg.d_ff, cfg, rngs)
+        self.up_proj = _linear(cfg.d_model, cfg.d_ff, cfg, rngs)
+        self.down_proj = _linear(cfg.d_ff, cfg.d_model, cfg, rngs)
 
-  def __call__(self, x_BTD: jax.Array) -> jax.Array:
-    return self.down_proj(jax.nn.silu(self.gate_proj(x_BTD)) * self.up_proj(x_BTD))
+    def __call__(self, x_BTD: jax.Array) -> jax.Array:
+        return self.down_proj(jax.nn.silu(self.gate_proj(x_BTD)) * self.up_proj(x_BTD))
 
 
 class Block(nnx.Module):
-  """Pre-norm decoder layer: x + attn(norm(x)), then x + mlp(norm(x))."""
+    """Pre-norm decoder layer: x + attn(norm(x)), then x + mlp(norm(x))."""
 
-  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-    norm_kw = dict(eps=cfg.norm_eps, dtype=cfg.compute_dtype,
-                   param_dtype=cfg.params_dtype)
-    self.input_norm = RMSNorm(cfg.d_model, **norm_kw)
-    self.attn = Attention(cfg, rngs=rngs)
-    self.post_attn_norm = RMSNorm(cfg.d_model, **norm_kw)
-    self.mlp = MLP(cfg, rngs=rngs)
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        norm_kw = dict(eps=cfg.norm_eps, dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype)
+        self.input_norm = RMSNorm(cfg.d_model, **norm_kw)
+        self.attn = Attention(cfg, rngs=rngs)
+        self.post_attn_norm = RMSNorm(cfg.d_model, **norm_kw)
+        self.mlp = MLP(cfg, rngs=rngs)
 
-  def __call__(self, x_BTD, positions_BT, kv_mask_BS, cache_kv=None,
-               index=None):
-    """Returns (x_BTD, (k_BSGE, v_BSGE)); see ``Attention.__call__``."""
-    attn_BTD, kv = self.attn(self.input_norm(x_BTD), positions_BT, kv_mask_BS,
-                             cache_kv, index)
-    x_BTD = x_BTD + attn_BTD
-    return x_BTD + self.mlp(self.post_attn_norm(x_BTD)), kv
+    def __call__(self, x_BTD, positions_BT, kv_mask_BS, cache_kv=None, index=None):
+        """Returns (x_BTD, (k_BSGE, v_BSGE)); see ``Attention.__call__``."""
+        attn_BTD, kv = self.attn(self.input_norm(x_BTD), positions_BT, kv_mask_BS, cache_kv, index)
+        x_BTD = x_BTD + attn_BTD
+        return x_BTD + self.mlp(self.post_attn_norm(x_BTD)), kv

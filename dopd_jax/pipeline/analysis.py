@@ -5,6 +5,7 @@ the privileged student and the privileged teacher, and returns plain NumPy
 arrays, so routing rules (``dopd_jax.losses.routing``) can be prototyped in a
 notebook without touching the training code.
 """
+
 from __future__ import annotations
 
 import jax
@@ -14,8 +15,9 @@ from dopd_jax import steps as steps_lib
 from dopd_jax.losses import routing
 
 
-def capture_token_stats(spec: steps_lib.DistillSpec, student, teacher, batch, examples,
-                        key) -> dict:
+def capture_token_stats(
+    spec: steps_lib.DistillSpec, student, teacher, batch, examples, key
+) -> dict:
     """One on-policy batch's per-token statistics as host arrays.
 
     Args:
@@ -35,8 +37,7 @@ def capture_token_stats(spec: steps_lib.DistillSpec, student, teacher, batch, ex
     graphdefs = {"student": student.graphdef, "teacher": teacher.graphdef}
     ro = steps_lib.rollout_step(graphdefs, spec, state, batch, key)
     targets = steps_lib.score_step(graphdefs, spec, state, {"teacher": teacher.params}, batch, ro)
-    stats = routing.privilege_stats(targets["priv_student"], targets["priv_teacher"],
-                                    ro.tokens_BT)
+    stats = routing.privilege_stats(targets["priv_student"], targets["priv_teacher"], ro.tokens_BT)
     out = {k: np.asarray(v) for k, v in jax.device_get(stats).items()}
     out["mask"] = np.asarray(ro.mask_BT)
     out["tokens"] = np.asarray(ro.tokens_BT)

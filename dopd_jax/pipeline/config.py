@@ -6,6 +6,7 @@ a few fields. Configs are locked, so a misspelt override
 pipeline reads the config once (``specs.experiment_spec``); defaults live
 here and nowhere else.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,27 +20,48 @@ from dopd_jax.data import generated
 
 def model_config(d_model, n_layers, n_heads, n_kv_heads, d_ff, *, qk_norm=True):
     """A ConfigDict of ``ModelConfig`` fields (vocab_size comes from the tokenizer)."""
-    return ml_collections.ConfigDict(dict(
-        d_model=d_model, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv_heads,
-        head_dim=d_model // n_heads, d_ff=d_ff, rope_theta=10000.0, qk_norm=qk_norm,
-        tie_embeddings=True, param_dtype="float32", dtype="float32"))
+    return ml_collections.ConfigDict(
+        dict(
+            d_model=d_model,
+            n_layers=n_layers,
+            n_heads=n_heads,
+            n_kv_heads=n_kv_heads,
+            head_dim=d_model // n_heads,
+            d_ff=d_ff,
+            rope_theta=10000.0,
+            qk_norm=qk_norm,
+            tie_embeddings=True,
+            param_dtype="float32",
+            dtype="float32",
+        )
+    )
 
 
 def _optim(lr: float, warmup_steps: int) -> dict:
     # AdamW; weight decay, the cosine schedule's end and clipping are explicit.
-    return dict(lr=lr, warmup_steps=warmup_steps, weight_decay=0.0, end_lr_fraction=0.1,
-                clip_norm=1.0)
+    return dict(
+        lr=lr, warmup_steps=warmup_steps, weight_decay=0.0, end_lr_fraction=0.1, clip_norm=1.0
+    )
 
 
 def _sft_stage(model, steps: int, **kw) -> dict:
-    return dict(source="scratch", model=model, steps=steps, batch_size=64, p_dropout=0.5,
-                max_len=64, checkpoint_every=200, **kw)
+    return dict(
+        source="scratch",
+        model=model,
+        steps=steps,
+        batch_size=64,
+        p_dropout=0.5,
+        max_len=64,
+        checkpoint_every=200,
+        **kw,
+    )
 
 
 def method_args() -> dict:
     """Every registered method's config defaults (``config.method_args.<method>``)."""
-    return {name: methods_lib.config_defaults(m.config_cls)
-            for name, m in methods_lib.METHODS.items()}
+    return {
+        name: methods_lib.config_defaults(m.config_cls) for name, m in methods_lib.METHODS.items()
+    }
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -54,12 +76,26 @@ def base_config() -> ml_collections.ConfigDict:
     c.distributed = dict(coordinator_address="", num_processes=1, process_id=0)
     c.checkpoint_keep = 2  # training-state checkpoints kept per stage (ckpt/<stage>)
     # Task source (data.sources): generated | jsonl | tfds | package.module:NAME.
-    c.task = dict(source="generated", priv_form="exec_hints",
-                  sft_forms=generated.SFT_FORMS, max_prompt_len=16, max_priv_len=32,
-                  max_overlength_fraction=0.0, verifier="",
-                  domain="arith", difficulty="", misleading_fraction=0.2, n_test=1000,
-                  n_hard=1000, corpus_size=3000,
-                  train_path="", test_path="", test2_path="", data_dir="", name="")
+    c.task = dict(
+        source="generated",
+        priv_form="exec_hints",
+        sft_forms=generated.SFT_FORMS,
+        max_prompt_len=16,
+        max_priv_len=32,
+        max_overlength_fraction=0.0,
+        verifier="",
+        domain="arith",
+        difficulty="",
+        misleading_fraction=0.2,
+        n_test=1000,
+        n_hard=1000,
+        corpus_size=3000,
+        train_path="",
+        test_path="",
+        test2_path="",
+        data_dir="",
+        name="",
+    )
     # SentencePiece trained on the task's texts; hard_vocab_limit=False: vocab_size is a cap.
     c.tokenizer = dict(vocab_size=64, hard_vocab_limit=True)
     # Model sources: "scratch" (build + SFT below) or "workdir:PATH" (a previous run's).
@@ -71,15 +107,28 @@ def base_config() -> ml_collections.ConfigDict:
     c.method_args.dopd.top_k = 16
     c.distill = dict(
         methods=("opd", "privt", "opsd", "dopd", "dopd_hs_teacher", "dopd_frozen"),
-        steps=300, batch_prompts=16, n_samples=4, **_optim(1e-3, 10), max_new_tokens=32,
-        temperature=1.0, top_k=0, top_p=1.0, chunk_size=0, diag_top_k=16, log_every=10,
-        eval_every=100, eval_n=200, checkpoint_every=100,
+        steps=300,
+        batch_prompts=16,
+        n_samples=4,
+        **_optim(1e-3, 10),
+        max_new_tokens=32,
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        chunk_size=0,
+        diag_top_k=16,
+        log_every=10,
+        eval_every=100,
+        eval_n=200,
+        checkpoint_every=100,
         log_passes=("teacher", "priv_teacher"),
         # Named variants usable in ``methods``: a method plus overrides of its config
         # (``method_args``) or of distill fields.
         variants=dict(
             dopd_hs_teacher=dict(method="dopd", hs_target="teacher"),
-            dopd_frozen=dict(method="dopd", priv_student="frozen")))
+            dopd_frozen=dict(method="dopd", priv_student="frozen"),
+        ),
+    )
     c.eval = dict(batch_size=256, avg_k=0, temperature=1.0)
     c.lock()
     return c

@@ -1,4 +1,5 @@
 """Checks of an experiment's specs before anything is built or compiled; errors name the key."""
+
 from __future__ import annotations
 
 import ml_collections
@@ -19,11 +20,19 @@ def validate_distributed(c: ml_collections.ConfigDict) -> None:
     d = c.get("distributed")
     if d is None:
         return
-    _check(d.num_processes >= 1, "distributed.num_processes", f"must be >= 1, got {d.num_processes}")
-    _check(0 <= d.process_id < d.num_processes, "distributed.process_id",
-           f"must be in [0, {d.num_processes}), got {d.process_id}")
-    _check(d.num_processes == 1 or bool(d.coordinator_address),
-           "distributed.coordinator_address", "must be HOST:PORT when num_processes > 1")
+    _check(
+        d.num_processes >= 1, "distributed.num_processes", f"must be >= 1, got {d.num_processes}"
+    )
+    _check(
+        0 <= d.process_id < d.num_processes,
+        "distributed.process_id",
+        f"must be in [0, {d.num_processes}), got {d.process_id}",
+    )
+    _check(
+        d.num_processes == 1 or bool(d.coordinator_address),
+        "distributed.coordinator_address",
+        "must be HOST:PORT when num_processes > 1",
+    )
 
 
 def validate(c: ml_collections.ConfigDict) -> ExperimentSpec:
@@ -33,23 +42,34 @@ def validate(c: ml_collections.ConfigDict) -> ExperimentSpec:
     for run in spec.runs:
         _validate_run(run)
     needs_p = [r.name for r in spec.runs if r.method.needs_privilege(r.config)]
-    _check(not needs_p or spec.task.priv_form != "none", "task.priv_form",
-           f"runs {needs_p} need privileged context but priv_form is 'none'")
+    _check(
+        not needs_p or spec.task.priv_form != "none",
+        "task.priv_form",
+        f"runs {needs_p} need privileged context but priv_form is 'none'",
+    )
     for key, m in (("teacher", spec.teacher), ("student", spec.student)):
         _validate_model(key, m)
-    _check(spec.checkpoint_keep >= 1, "checkpoint_keep", f"must be >= 1, got {spec.checkpoint_keep}")
+    _check(
+        spec.checkpoint_keep >= 1, "checkpoint_keep", f"must be >= 1, got {spec.checkpoint_keep}"
+    )
     _check(spec.task.max_prompt_len >= 2, "task.max_prompt_len", "must be >= 2")
-    _check(0 <= spec.task.max_overlength_fraction < 1, "task.max_overlength_fraction",
-           "must be in [0, 1)")
+    _check(
+        0 <= spec.task.max_overlength_fraction < 1,
+        "task.max_overlength_fraction",
+        "must be in [0, 1)",
+    )
     _check(spec.eval.avg_k >= 0, "eval.avg_k", f"must be >= 0, got {spec.eval.avg_k}")
     _validate_mesh(spec)
     return spec
 
 
 def _validate_model(key: str, m: ModelSpec) -> None:
-    _check(m.source == "scratch" or m.source.startswith("workdir:"), f"{key}.source",
-           f"must be one of {MODEL_SOURCES}, got {m.source!r} (hf:PATH comes with Hugging "
-           "Face checkpoints)")
+    _check(
+        m.source == "scratch" or m.source.startswith("workdir:"),
+        f"{key}.source",
+        f"must be one of {MODEL_SOURCES}, got {m.source!r} (hf:PATH comes with Hugging "
+        "Face checkpoints)",
+    )
     _check(m.checkpoint_every >= 0, f"{key}.checkpoint_every", "must be >= 0 (0 = only at the end)")
     _check(0 <= m.p_dropout <= 1, f"{key}.p_dropout", "must be in [0, 1]")
     _check(m.steps >= 1, f"{key}.steps", "must be >= 1")
@@ -79,9 +99,12 @@ def _check_run(r: RunSpec) -> None:
             p = pass_from_name(name)
         except ValueError as e:
             raise ValueError(f"config.distill.log_passes: {name!r}: {e}") from e
-        _check(p.is_teacher, "distill.log_passes",
-               f"{name!r}: only teacher passes are logged (teacher, priv_teacher, "
-               "teacher/<name>, priv_teacher/<name>)")
+        _check(
+            p.is_teacher,
+            "distill.log_passes",
+            f"{name!r}: only teacher passes are logged (teacher, priv_teacher, "
+            "teacher/<name>, priv_teacher/<name>)",
+        )
 
 
 def _validate_mesh(spec: ExperimentSpec) -> None:
@@ -96,11 +119,17 @@ def _validate_mesh(spec: ExperimentSpec) -> None:
     except ValueError as e:
         raise ValueError(f"config.mesh: {e}") from e
     dp = rules.data_parallel_size(mesh)
-    rows = {"teacher.batch_size": spec.teacher.batch_size,
-            "student.batch_size": spec.student.batch_size,
-            "eval.batch_size": spec.eval.batch_size}
+    rows = {
+        "teacher.batch_size": spec.teacher.batch_size,
+        "student.batch_size": spec.student.batch_size,
+        "eval.batch_size": spec.eval.batch_size,
+    }
     for r in spec.runs:
         rows[f"distill.batch_prompts ({r.name})"] = r.batch_prompts
     for key, n in rows.items():
-        _check(n % dp == 0, "mesh", f"{key} = {n} is not divisible by the data-parallel "
-               f"size {dp} (data x fsdp over {jax.device_count()} devices)")
+        _check(
+            n % dp == 0,
+            "mesh",
+            f"{key} = {n} is not divisible by the data-parallel "
+            f"size {dp} (data x fsdp over {jax.device_count()} devices)",
+        )

@@ -5,12 +5,14 @@ under ``WORKDIR/data`` once), loads or trains the tokenizer, and checks the
 data against the configured lengths and the runs' needs before any model is
 built or compiled.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import os
 import shutil
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 from jax.experimental import multihost_utils
@@ -43,11 +45,16 @@ class Progress:
     """One progress bar over all steps of the experiment."""
 
     def __init__(self, total: int):
-        self._bar = tqdm(total=total, unit="step", dynamic_ncols=True, mininterval=1.0,
-                         disable=jax.process_index() != 0)  # one bar per experiment
+        self._bar = tqdm(
+            total=total,
+            unit="step",
+            dynamic_ncols=True,
+            mininterval=1.0,
+            disable=jax.process_index() != 0,
+        )  # one bar per experiment
 
     @classmethod
-    def for_spec(cls, spec: ExperimentSpec) -> "Progress":
+    def for_spec(cls, spec: ExperimentSpec) -> Progress:
         return cls(spec.teacher.steps + spec.student.steps + sum(r.steps for r in spec.runs))
 
     def stage(self, name: str) -> None:
@@ -83,7 +90,7 @@ def _restored_tokenizer_path(spec: ExperimentSpec) -> str | None:
     """The tokenizer of a ``workdir:PATH`` model source, if any (models share it)."""
     for m in (spec.teacher, spec.student):
         if m.source.startswith("workdir:"):
-            return os.path.join(m.source[len("workdir:"):], "tokenizer.model")
+            return os.path.join(m.source[len("workdir:") :], "tokenizer.model")
     return None
 
 
@@ -100,8 +107,11 @@ def load_tokenizer(spec: ExperimentSpec, workdir: str, task: sources.TaskData) -
             raise ValueError(f"model source workdir has no tokenizer: {restored} not found")
         tok = Tokenizer.load(restored)
     else:  # deterministic: every process trains the same tokenizer
-        tok = train_tokenizer(task.corpus(), vocab_size=spec.tokenizer_vocab_size,
-                              hard_vocab_limit=spec.tokenizer_hard_limit)
+        tok = train_tokenizer(
+            task.corpus(),
+            vocab_size=spec.tokenizer_vocab_size,
+            hard_vocab_limit=spec.tokenizer_hard_limit,
+        )
     if jax.process_index() == 0:
         tok.save(path) if restored is None else shutil.copyfile(restored, path)
     return tok

@@ -7,6 +7,7 @@ over a limit are refused when their share exceeds
 ``task.max_overlength_fraction`` (default 0: any), else left out of the
 evaluation sets (and of a finite training split) with a report.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,8 +25,10 @@ def _row_problem(ex: Example, tok, spec: ExperimentSpec, sft: bool) -> str | Non
     if len(prompt) > t.max_prompt_len:
         return f"prompt has {len(prompt)} tokens > task.max_prompt_len={t.max_prompt_len}"
     if len(priv) > t.max_priv_len:
-        return (f"prompt + {t.priv_form!r} context has {len(priv)} tokens > "
-                f"task.max_priv_len={t.max_priv_len}")
+        return (
+            f"prompt + {t.priv_form!r} context has {len(priv)} tokens > "
+            f"task.max_priv_len={t.max_priv_len}"
+        )
     if not sft:
         return None
     for form in t.sft_forms:
@@ -52,12 +55,16 @@ def _apply_limit(name: str, examples: list, bad: dict, spec: ExperimentSpec, log
         return examples
     frac, limit = len(bad) / len(examples), spec.task.max_overlength_fraction
     first = min(bad)
-    msg = (f"{name}: {len(bad)} of {len(examples)} rows ({frac:.1%}) exceed the configured "
-           f"lengths; first: row {first}: {bad[first]}")
+    msg = (
+        f"{name}: {len(bad)} of {len(examples)} rows ({frac:.1%}) exceed the configured "
+        f"lengths; first: row {first}: {bad[first]}"
+    )
     if frac > limit:
-        raise ValueError(f"{msg}. Raise the limits (task.max_prompt_len / task.max_priv_len / "
-                         "teacher.max_len / student.max_len) or allow skipping them with "
-                         f"task.max_overlength_fraction (now {limit}); nothing is truncated")
+        raise ValueError(
+            f"{msg}. Raise the limits (task.max_prompt_len / task.max_priv_len / "
+            "teacher.max_len / student.max_len) or allow skipping them with "
+            f"task.max_overlength_fraction (now {limit}); nothing is truncated"
+        )
     log(f"WARNING: {msg}; they are left out")
     return [ex for i, ex in enumerate(examples) if i not in bad]
 
@@ -79,9 +86,11 @@ def _check_train(spec: ExperimentSpec, task: sources.TaskData, tok, log) -> sour
         bad = overlength_rows(task.train_sample, tok, spec, sft=True)
         if bad:
             first = min(bad)
-            raise ValueError(f"training data: {len(bad)} of {len(task.train_sample)} sampled "
-                             f"rows exceed the configured lengths (row {first}: {bad[first]}); "
-                             "an infinite generated stream cannot skip rows: raise the limits")
+            raise ValueError(
+                f"training data: {len(bad)} of {len(task.train_sample)} sampled "
+                f"rows exceed the configured lengths (row {first}: {bad[first]}); "
+                "an infinite generated stream cannot skip rows: raise the limits"
+            )
         return task
     examples = task.train_examples()
     bad = overlength_rows(examples, tok, spec, sft=True)
@@ -96,7 +105,14 @@ def check_task(spec: ExperimentSpec, task: sources.TaskData, tok, log) -> source
     """Checks fields, forms and lengths; returns the task with left-out rows removed."""
     _check_fields(spec, task)
     task = _check_train(spec, task, tok, log)
-    evals = {name: _apply_limit(f"evaluation set {name!r}", examples,
-                                overlength_rows(examples, tok, spec, sft=False), spec, log)
-             for name, examples in task.eval_sets.items()}
+    evals = {
+        name: _apply_limit(
+            f"evaluation set {name!r}",
+            examples,
+            overlength_rows(examples, tok, spec, sft=False),
+            spec,
+            log,
+        )
+        for name, examples in task.eval_sets.items()
+    }
     return dataclasses.replace(task, eval_sets=evals)

@@ -1,4 +1,5 @@
 """The distillation stage: one run (a method or a variant of one) from the shared student init."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -16,32 +17,64 @@ from dopd_jax.pipeline.specs import RunSpec
 from dopd_jax.steps import DistillSpec, SamplerConfig, make_distill_fns
 from dopd_jax.trainer import checkpoints, loop, params_io
 
-SUMMARY_KEYS = ("loss", "student_entropy", "target_entropy", "kl_to_priv_teacher",
-                "kl_to_teacher", "kl_to_priv_student", "A_bar", "qS_bar", "qT_bar",
-                "frac_LH", "frac_LL", "frac_HT", "frac_HS", "reward", "response_len")
+SUMMARY_KEYS = (
+    "loss",
+    "student_entropy",
+    "target_entropy",
+    "kl_to_priv_teacher",
+    "kl_to_teacher",
+    "kl_to_priv_student",
+    "A_bar",
+    "qS_bar",
+    "qT_bar",
+    "frac_LH",
+    "frac_LL",
+    "frac_HT",
+    "frac_HS",
+    "reward",
+    "response_len",
+)
 DISTILL_SEED, KEY_SEED = 300, 400  # offsets of the prompt stream's and the run key's seeds
 
 
 def make_spec(run: RunSpec, tok) -> DistillSpec:
     """The static step description of a run."""
-    sampler = SamplerConfig(max_new_tokens=run.max_new_tokens, eos_id=tok.eos_id,
-                            pad_id=tok.pad_id, temperature=run.temperature, top_k=run.top_k,
-                            top_p=run.top_p, n_samples=run.n_samples)
+    sampler = SamplerConfig(
+        max_new_tokens=run.max_new_tokens,
+        eos_id=tok.eos_id,
+        pad_id=tok.pad_id,
+        temperature=run.temperature,
+        top_k=run.top_k,
+        top_p=run.top_p,
+        n_samples=run.n_samples,
+    )
     sampler.validate()
-    return DistillSpec(method=run.method, config=run.config, sampler=sampler,
-                       log_passes=run.log_passes, chunk_size=run.chunk_size,
-                       diag_top_k=run.diag_top_k)
+    return DistillSpec(
+        method=run.method,
+        config=run.config,
+        sampler=sampler,
+        log_passes=run.log_passes,
+        chunk_size=run.chunk_size,
+        diag_top_k=run.diag_top_k,
+    )
 
 
 def _resume_config(ctx: Context, run: RunSpec, teacher: Model, student: Model) -> dict:
-    kept = {k: v for k, v in run.to_json().items()
-            if k not in ("checkpoint_every", "eval_every", "eval_n")}
+    kept = {
+        k: v
+        for k, v in run.to_json().items()
+        if k not in ("checkpoint_every", "eval_every", "eval_n")
+    }
     # The frozen teacher is not saved with the run: it is named by its parameters' digest.
-    return {"distill": kept, "seed": ctx.spec.seed, "task": dataclasses.asdict(ctx.spec.task),
-            "teacher_model": dataclasses.asdict(teacher.config),
-            "teacher_params": params_io.tree_digest(teacher.params),
-            "student_model": dataclasses.asdict(student.config),
-            "student_init_params": params_io.tree_digest(student.params)}
+    return {
+        "distill": kept,
+        "seed": ctx.spec.seed,
+        "task": dataclasses.asdict(ctx.spec.task),
+        "teacher_model": dataclasses.asdict(teacher.config),
+        "teacher_params": params_io.tree_digest(teacher.params),
+        "student_model": dataclasses.asdict(student.config),
+        "student_init_params": params_io.tree_digest(student.params),
+    }
 
 
 def distill_batches(ctx: Context, stream):
@@ -51,35 +84,55 @@ def distill_batches(ctx: Context, stream):
     process feeds its own rows (``sharding.to_global_batch``)."""
     t = ctx.spec.task
     for examples in stream:
-        batch = encode.encode_prompts(examples, ctx.tok, form=t.priv_form,
-                                      max_prompt_len=t.max_prompt_len,
-                                      max_priv_len=t.max_priv_len)
+        batch = encode.encode_prompts(
+            examples,
+            ctx.tok,
+            form=t.priv_form,
+            max_prompt_len=t.max_prompt_len,
+            max_priv_len=t.max_priv_len,
+        )
         yield examples, sharding.to_global_batch(batch, ctx.mesh)
 
 
 def check_vocab(teacher_cfg, student_cfg) -> None:
     """Teacher and student must share a vocabulary (ids index the same tokens)."""
     if teacher_cfg.vocab_size != student_cfg.vocab_size:
-        raise ValueError(f"teacher vocab_size {teacher_cfg.vocab_size} != student vocab_size "
-                         f"{student_cfg.vocab_size}: distillation needs one shared vocabulary")
+        raise ValueError(
+            f"teacher vocab_size {teacher_cfg.vocab_size} != student vocab_size "
+            f"{student_cfg.vocab_size}: distillation needs one shared vocabulary"
+        )
 
 
 def eval_sampler(ctx: Context, graphdef, k: int = 1):
     """The jitted sampler of this experiment's evaluations (greedy for k = 1)."""
-    return evaluation.make_sampler(graphdef, max_new_tokens=ctx.spec.eval.max_new_tokens,
-                                   eos_id=ctx.tok.eos_id,
-                                   pad_id=ctx.tok.pad_id, k=k,
-                                   temperature=ctx.spec.eval.temperature)
+    return evaluation.make_sampler(
+        graphdef,
+        max_new_tokens=ctx.spec.eval.max_new_tokens,
+        eos_id=ctx.tok.eos_id,
+        pad_id=ctx.tok.pad_id,
+        k=k,
+        temperature=ctx.spec.eval.temperature,
+    )
 
 
 def accuracy(ctx: Context, sampler, params, examples, privileged: bool, k: int = 1) -> dict:
     """Accuracy on ``examples`` with the experiment's prompt settings and verifier."""
     t = ctx.spec.task
-    return evaluation.accuracy(sampler, params, examples, ctx.tok, ctx.task.verifier,
-                               privileged=privileged, form=t.priv_form,
-                               max_prompt_len=t.max_prompt_len, max_priv_len=t.max_priv_len,
-                               batch_size=ctx.spec.eval.batch_size, mesh=ctx.mesh, k=k,
-                               key=jax.random.key(ctx.spec.seed + 500))
+    return evaluation.accuracy(
+        sampler,
+        params,
+        examples,
+        ctx.tok,
+        ctx.task.verifier,
+        privileged=privileged,
+        form=t.priv_form,
+        max_prompt_len=t.max_prompt_len,
+        max_priv_len=t.max_priv_len,
+        batch_size=ctx.spec.eval.batch_size,
+        mesh=ctx.mesh,
+        k=k,
+        key=jax.random.key(ctx.spec.seed + 500),
+    )
 
 
 def full_eval(ctx: Context, model: Model, sampler=None) -> dict:
@@ -98,36 +151,54 @@ def full_eval(ctx: Context, model: Model, sampler=None) -> dict:
     if k > 1:
         sampled = eval_sampler(ctx, model.graphdef, k)
         for name in names:
-            out[f"avg{k}_{name}"] = accuracy(ctx, sampled, model.params, ctx.eval_sets[name],
-                                             False, k)["acc"]
+            out[f"avg{k}_{name}"] = accuracy(
+                ctx, sampled, model.params, ctx.eval_sets[name], False, k
+            )["acc"]
     return out
 
 
 def _quick_eval(ctx: Context, run: RunSpec, spec: DistillSpec, sampler, step: int, state) -> dict:
     """In-run accuracy on the first ``eval_n`` problems of the first evaluation set."""
-    subset = next(iter(ctx.eval_sets.values()))[:run.eval_n]
-    out = {"eval_acc": accuracy(ctx, sampler, state.params, subset, False)["acc"],
-           "eval_priv_acc": accuracy(ctx, sampler, state.params, subset, True)["acc"]}
+    subset = next(iter(ctx.eval_sets.values()))[: run.eval_n]
+    out = {
+        "eval_acc": accuracy(ctx, sampler, state.params, subset, False)["acc"],
+        "eval_priv_acc": accuracy(ctx, sampler, state.params, subset, True)["acc"],
+    }
     if spec.ref_update != "none":  # the privileged student the routing actually used
         out["eval_ref_priv_acc"] = accuracy(ctx, sampler, state.ref_params, subset, True)["acc"]
     return out
 
 
-def _hooks(ctx: Context, run: RunSpec, spec: DistillSpec, sampler, writer, progress,
-           history: list, monitor, save) -> loop.LoopHooks:
+def _hooks(
+    ctx: Context,
+    run: RunSpec,
+    spec: DistillSpec,
+    sampler,
+    writer,
+    progress,
+    history: list,
+    monitor,
+    save,
+) -> loop.LoopHooks:
     def write(step, m):
         history.append(m)
         writer.write(f"distill/{run.name}", step, m)
 
-    reward = functools.partial(evaluation.rollout_reward, ctx.tok, ctx.task.verifier,
-                               n_samples=run.n_samples)
+    reward = functools.partial(
+        evaluation.rollout_reward, ctx.tok, ctx.task.verifier, n_samples=run.n_samples
+    )
     return loop.LoopHooks(
-        write=write, progress=lambda s, m: progress.advance(run.log_every, m),
+        write=write,
+        progress=lambda s, m: progress.advance(run.log_every, m),
         evaluate=functools.partial(_quick_eval, ctx, run, spec, sampler),
-        eval_every=run.eval_every, log_every=run.log_every,
-        reward=lambda examples, ro: reward(examples, ro=ro), monitor=monitor,
+        eval_every=run.eval_every,
+        log_every=run.log_every,
+        reward=lambda examples, ro: reward(examples, ro=ro),
+        monitor=monitor,
         warn=lambda msg: ctx.log(f"WARNING [{run.name}] {msg}"),
-        checkpoint=save, checkpoint_every=run.checkpoint_every)
+        checkpoint=save,
+        checkpoint_every=run.checkpoint_every,
+    )
 
 
 def _monitor(run: RunSpec, saved: dict | None):
@@ -137,8 +208,9 @@ def _monitor(run: RunSpec, saved: dict | None):
     return monitor if saved is None else type(monitor).from_state(saved)
 
 
-def distill_stage(ctx: Context, run: RunSpec, teacher: Model, student: Model, writer,
-                  progress) -> dict:
+def distill_stage(
+    ctx: Context, run: RunSpec, teacher: Model, student: Model, writer, progress
+) -> dict:
     """Distils the student init with ``run``; checkpoints into ``ckpt/distill/<run>``.
 
     Returns:
@@ -148,33 +220,61 @@ def distill_stage(ctx: Context, run: RunSpec, teacher: Model, student: Model, wr
     spec = make_spec(run, ctx.tok)
     progress.stage(f"distill/{run.name}")
     seed = ctx.spec.seed
-    with stage_checkpointer(ctx, f"distill/{run.name}",
-                            _resume_config(ctx, run, teacher, student)) as ckpt:
+    with stage_checkpointer(
+        ctx, f"distill/{run.name}", _resume_config(ctx, run, teacher, student)
+    ) as ckpt:
         opt = make_optimizer(run.optim)
         stream = ctx.task.train(run.batch_prompts, seed + DISTILL_SEED)
         # New buffers (the update donates its state; student.params stays valid).
-        init = sharding.init_state_sharded(student.params, opt, ctx.mesh,
-                                           keep_ref=spec.ref_update != "none")
+        init = sharding.init_state_sharded(
+            student.params, opt, ctx.mesh, keep_ref=spec.ref_update != "none"
+        )
         start, state, key, extra = checkpoints.resume(
-            ckpt, f"distill/{run.name}", init, jax.random.key(seed + KEY_SEED), stream,
-            workdir=ctx.workdir, log=ctx.log)
+            ckpt,
+            f"distill/{run.name}",
+            init,
+            jax.random.key(seed + KEY_SEED),
+            stream,
+            workdir=ctx.workdir,
+            log=ctx.log,
+        )
         writer.resume(f"distill/{run.name}", start)
         progress.skip(start)
         history, monitor = list(extra.get("history", [])), _monitor(run, extra.get("monitor"))
         sampler = eval_sampler(ctx, student.graphdef)
 
         def save(step, st):
-            ckpt.save(step, st, key, {"stream": stream.get_state(), "history": history,
-                                      "monitor": None if monitor is None else monitor.state()})
+            ckpt.save(
+                step,
+                st,
+                key,
+                {
+                    "stream": stream.get_state(),
+                    "history": history,
+                    "monitor": None if monitor is None else monitor.state(),
+                },
+            )
 
         hooks = _hooks(ctx, run, spec, sampler, writer, progress, history, monitor, save)
         teachers = {"teacher": teacher.params}
-        fns = make_distill_fns({"student": student.graphdef, "teacher": teacher.graphdef}, opt,
-                               spec, sharding.step_shardings(ctx.mesh, opt, state, teachers))
+        fns = make_distill_fns(
+            {"student": student.graphdef, "teacher": teacher.graphdef},
+            opt,
+            spec,
+            sharding.step_shardings(ctx.mesh, opt, state, teachers),
+        )
         with loop.sigterm_flag() as stop:
             hooks.stop_requested = stop
-            state = loop.run_distill(fns, state, teachers, distill_batches(ctx, stream),
-                                     run.steps, key, hooks, start_step=start)
+            state = loop.run_distill(
+                fns,
+                state,
+                teachers,
+                distill_batches(ctx, stream),
+                run.steps,
+                key,
+                hooks,
+                start_step=start,
+            )
     result = full_eval(ctx, dataclasses.replace(student, params=state.params), sampler)
     result["final"] = _summarize(history)
     result["warnings"] = [] if monitor is None else sorted(monitor.raised)
@@ -185,5 +285,5 @@ def distill_stage(ctx: Context, run: RunSpec, teacher: Model, student: Model, wr
 
 def _summarize(history: list[dict]) -> dict:
     """Means of the last quarter of logged records (a stable end-of-run value)."""
-    tail = history[-max(1, len(history) // 4):]
+    tail = history[-max(1, len(history) // 4) :]
     return {k: float(np.mean([h[k] for h in tail])) for k in SUMMARY_KEYS if k in tail[-1]}

@@ -1,8 +1,9 @@
 """Evaluation with a task verifier: greedy accuracy and sampled avg@k, with or without p."""
+
 from __future__ import annotations
 
 import functools
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import numpy as np
@@ -12,11 +13,18 @@ from dopd_jax.data import encode
 from dopd_jax.steps import rollout as rollout_lib
 
 
-def make_sampler(graphdef, *, max_new_tokens: int, eos_id: int, pad_id: int, k: int = 1,
-                 temperature: float = 1.0):
+def make_sampler(
+    graphdef, *, max_new_tokens: int, eos_id: int, pad_id: int, k: int = 1, temperature: float = 1.0
+):
     """The jitted evaluation sampler: greedy for ``k == 1`` (key ignored), else k samples."""
-    cfg = rollout_lib.SamplerConfig(max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id,
-                                    greedy=k == 1, n_samples=k, temperature=temperature)
+    cfg = rollout_lib.SamplerConfig(
+        max_new_tokens=max_new_tokens,
+        eos_id=eos_id,
+        pad_id=pad_id,
+        greedy=k == 1,
+        n_samples=k,
+        temperature=temperature,
+    )
     cfg.validate()
     return jax.jit(functools.partial(_sample, graphdef, cfg))
 
@@ -29,13 +37,26 @@ def _sample(graphdef, cfg, params, prompt_BP, mask_BP, key):
 def _batches(examples: Sequence, batch_size: int):
     """Chunks of ``batch_size`` rows; the last is padded by repeating its last row."""
     for start in range(0, len(examples), batch_size):
-        chunk = list(examples[start:start + batch_size])
+        chunk = list(examples[start : start + batch_size])
         yield chunk, chunk + [chunk[-1]] * (batch_size - len(chunk))
 
 
-def accuracy(sampler, params, examples: Sequence, tok, verifier: Callable, *, privileged: bool,
-             form: str, max_prompt_len: int, max_priv_len: int, batch_size: int, mesh=None,
-             k: int = 1, key=None) -> dict:
+def accuracy(
+    sampler,
+    params,
+    examples: Sequence,
+    tok,
+    verifier: Callable,
+    *,
+    privileged: bool,
+    form: str,
+    max_prompt_len: int,
+    max_priv_len: int,
+    batch_size: int,
+    mesh=None,
+    k: int = 1,
+    key=None,
+) -> dict:
     """Accuracy of ``params`` on ``examples`` under ``verifier``.
 
     Args:
@@ -59,10 +80,12 @@ def accuracy(sampler, params, examples: Sequence, tok, verifier: Callable, *, pr
     key = jax.random.key(0) if key is None else key
     correct, lengths, truncated = [], [], []
     for i, (chunk, padded) in enumerate(_batches(examples, batch_size)):
-        arr = encode.encode_prompts(padded, tok, form=form, max_prompt_len=max_prompt_len,
-                                    max_priv_len=max_priv_len)
-        ids, mask = (arr.priv_BQ, arr.priv_mask_BQ) if privileged else (
-            arr.prompt_BP, arr.prompt_mask_BP)
+        arr = encode.encode_prompts(
+            padded, tok, form=form, max_prompt_len=max_prompt_len, max_priv_len=max_priv_len
+        )
+        ids, mask = (
+            (arr.priv_BQ, arr.priv_mask_BQ) if privileged else (arr.prompt_BP, arr.prompt_mask_BP)
+        )
         if mesh is not None:
             ids, mask = sharding.to_global_batch((ids, mask), mesh)
         out = sampler(params, ids, mask, jax.random.fold_in(key, i))
@@ -72,15 +95,21 @@ def accuracy(sampler, params, examples: Sequence, tok, verifier: Callable, *, pr
             correct.append(verifier(chunk[row // k], text))
             lengths.append(int(mask_BT[row].sum()))
             truncated.append(bool(trunc_B[row]))
-    return {"acc": float(np.mean(correct)), "response_len": float(np.mean(lengths)),
-            "truncated_frac": float(np.mean(truncated))}
+    return {
+        "acc": float(np.mean(correct)),
+        "response_len": float(np.mean(lengths)),
+        "truncated_frac": float(np.mean(truncated)),
+    }
 
 
 def rollout_reward(tok, verifier: Callable, examples, n_samples: int, ro) -> dict:
     """Fraction of sampled responses the verifier accepts (host side; with several
     processes the rollout is gathered, a collective every process must call)."""
     tokens_BT, mask_BT = sharding.to_host((ro.tokens_BT, ro.mask_BT))
-    ok = [verifier(examples[row // n_samples],
-                   tok.decode([int(t) for t in tokens_BT[row][mask_BT[row]]]))
-          for row in range(tokens_BT.shape[0])]
+    ok = [
+        verifier(
+            examples[row // n_samples], tok.decode([int(t) for t in tokens_BT[row][mask_BT[row]]])
+        )
+        for row in range(tokens_BT.shape[0])
+    ]
     return {"reward": float(np.mean(ok))}

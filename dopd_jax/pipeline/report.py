@@ -1,8 +1,12 @@
 """The end-of-run results table."""
+
 from __future__ import annotations
 
-METRIC_COLUMNS = (("entropy", 8, "student_entropy"), ("KL(T+p)", 8, "kl_to_priv_teacher"),
-                  ("KL(T)", 7, "kl_to_teacher"))
+METRIC_COLUMNS = (
+    ("entropy", 8, "student_entropy"),
+    ("KL(T+p)", 8, "kl_to_priv_teacher"),
+    ("KL(T)", 7, "kl_to_teacher"),
+)
 
 
 def _pct(x) -> str:
@@ -41,9 +45,13 @@ def format_table(results: dict) -> str:
     ``priv`` is the first set with p; ``avgK_<set>`` columns are sampled avg@K.
     """
     cols = _acc_columns(results)
-    head = (f"{'model':<22} " + " ".join(f"{_title(c):>6}" for c in cols) + " "
-            + " ".join(f"{t:>{w}}" for t, w, _ in METRIC_COLUMNS)
-            + f" {'time s':>7}  regimes (DOPD)")
+    head = (
+        f"{'model':<22} "
+        + " ".join(f"{_title(c):>6}" for c in cols)
+        + " "
+        + " ".join(f"{t:>{w}}" for t, w, _ in METRIC_COLUMNS)
+        + f" {'time s':>7}  regimes (DOPD)"
+    )
     lines = [head, "-" * len(head)]
     for name, ref in results.get("references", {}).items():
         accs = " ".join(f"{_pct(ref.get(c)):>6}" for c in cols)
@@ -53,8 +61,10 @@ def format_table(results: dict) -> str:
         f = r.get("final", {})
         accs = " ".join(f"{_pct(r.get(c)):>6}" for c in cols)
         metrics = " ".join(f"{_num(f.get(key)):>{w}}" for _, w, key in METRIC_COLUMNS)
-        lines.append(f"{r.get('label') or name:<22} {accs} {metrics} "
-                     f"{_num(r.get('wall_time_s'), '{:.0f}'):>7}  {_regimes(f)}")
+        lines.append(
+            f"{r.get('label') or name:<22} {accs} {metrics} "
+            f"{_num(r.get('wall_time_s'), '{:.0f}'):>7}  {_regimes(f)}"
+        )
         if r.get("warnings"):
             lines.append(f"{'':<22} warnings: {', '.join(r['warnings'])}")
     return "\n".join(lines)

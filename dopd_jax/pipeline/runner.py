@@ -3,6 +3,7 @@
 ``run_experiment(cfg, workdir)`` reads the config once into typed specs
 (``specs.experiment_spec``) and hands those to every stage.
 """
+
 from __future__ import annotations
 
 import errno
@@ -13,7 +14,8 @@ import time
 import jax
 import ml_collections
 
-from dopd_jax.pipeline import config as config_lib, config_checks
+from dopd_jax.pipeline import config as config_lib
+from dopd_jax.pipeline import config_checks
 from dopd_jax.pipeline.context import Progress, build_context
 from dopd_jax.pipeline.distill_stage import distill_stage, full_eval
 from dopd_jax.pipeline.report import format_table
@@ -52,8 +54,9 @@ def check_workdir(workdir: str) -> None:
         raise ValueError(f"--workdir {workdir} is not writable ({os.strerror(errno.EACCES)})")
 
 
-def run_experiment(cfg: ml_collections.ConfigDict, workdir: str, *, progress=None,
-                   log=print) -> dict:
+def run_experiment(
+    cfg: ml_collections.ConfigDict, workdir: str, *, progress=None, log=print
+) -> dict:
     """Runs (or resumes) every stage and returns the results dict.
 
     Args:
@@ -125,6 +128,7 @@ def _check_config_matches(spec: ExperimentSpec, cfg, workdir) -> None:
         if diff:
             raise ValueError(
                 f"workdir {workdir} holds stages built with a different config (keys {diff} "
-                "differ); use a fresh --workdir or restore the original settings")
+                "differ); use a fresh --workdir or restore the original settings"
+            )
     _save_json(path, current)
     _save_json(os.path.join(workdir, "config.json"), config_lib.to_json_dict(cfg))

@@ -5,6 +5,7 @@ gold responses (with p shown on part of the examples), resumable from
 ``WORKDIR/ckpt/<name>``. ``workdir:PATH``: the finished stage ``<name>`` of a
 previous experiment under PATH, its shape read from PATH/config.json.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -38,22 +39,27 @@ class Model:
 def init_model(ctx: Context, arch: dict, seed: int) -> Model:
     """Initialises a transformer whose vocabulary is the tokenizer's, in its shardings."""
     mc = ModelConfig(vocab_size=ctx.tok.vocab_size, **arch)
-    graphdef, params = sharding.init_sharded(lambda: Transformer(mc, rngs=nnx.Rngs(seed)),
-                                             ctx.mesh)
+    graphdef, params = sharding.init_sharded(lambda: Transformer(mc, rngs=nnx.Rngs(seed)), ctx.mesh)
     return Model(graphdef, params, mc)
 
 
 def make_optimizer(optim):
     """The optax transformation of an ``OptimSpec``."""
-    return loop.make_optimizer(optim.lr, optim.warmup_steps, optim.total_steps,
-                               weight_decay=optim.weight_decay,
-                               end_lr_fraction=optim.end_lr_fraction, clip_norm=optim.clip_norm)
+    return loop.make_optimizer(
+        optim.lr,
+        optim.warmup_steps,
+        optim.total_steps,
+        weight_decay=optim.weight_decay,
+        end_lr_fraction=optim.end_lr_fraction,
+        clip_norm=optim.clip_norm,
+    )
 
 
 def stage_checkpointer(ctx: Context, stage: str, config: dict):
     """The checkpointer of ``stage`` under ``WORKDIR/ckpt/<stage>`` (checks ``config``)."""
-    return checkpoints.StageCheckpointer(os.path.join(ctx.workdir, "ckpt", stage), config,
-                                         keep=ctx.spec.checkpoint_keep, log=ctx.log)
+    return checkpoints.StageCheckpointer(
+        os.path.join(ctx.workdir, "ckpt", stage), config, keep=ctx.spec.checkpoint_keep, log=ctx.log
+    )
 
 
 def _load_into(ctx: Context, model: Model, path: str) -> Model:
@@ -65,11 +71,13 @@ def _load_into(ctx: Context, model: Model, path: str) -> Model:
 
 def _restored(ctx: Context, m: ModelSpec) -> Model:
     """The finished stage ``m.name`` of the workdir named by ``m.source``."""
-    root = m.source[len("workdir:"):]
+    root = m.source[len("workdir:") :]
     cfg_path = os.path.join(root, "config.json")
     if not os.path.exists(cfg_path) or not params_io.has_params(os.path.join(root, m.name)):
-        raise ValueError(f"model source {m.source!r}: {root} is not a finished experiment "
-                         f"workdir (needs config.json and {m.name}/)")
+        raise ValueError(
+            f"model source {m.source!r}: {root} is not a finished experiment "
+            f"workdir (needs config.json and {m.name}/)"
+        )
     with open(cfg_path) as f:
         saved = json.load(f)
     key = "teacher" if m.name == "teacher" else "student"
@@ -82,17 +90,26 @@ def _sft_batches(ctx: Context, m: ModelSpec, stream, start: int):
     the seed (seed, i), so a resumed stream reproduces them. Every process builds the
     whole batch and feeds its own rows (``sharding.to_global_batch``)."""
     for index in itertools.count(start):
-        batch = encode.encode_sft(next(stream), ctx.tok, p_dropout=m.p_dropout,
-                                  rng=np.random.default_rng([m.seed, index]),
-                                  max_len=m.max_len, form=ctx.spec.task.sft_forms)
+        batch = encode.encode_sft(
+            next(stream),
+            ctx.tok,
+            p_dropout=m.p_dropout,
+            rng=np.random.default_rng([m.seed, index]),
+            max_len=m.max_len,
+            form=ctx.spec.task.sft_forms,
+        )
         yield sharding.to_global_batch(batch, ctx.mesh)
 
 
 def _resume_config(ctx: Context, m: ModelSpec) -> dict:
-    kept = {k: v for k, v in dataclasses.asdict(m).items()
-            if k not in ("checkpoint_every", "log_every")}
-    return {m.name: kept, "vocab_size": ctx.tok.vocab_size,
-            "task": dataclasses.asdict(ctx.spec.task)}
+    kept = {
+        k: v for k, v in dataclasses.asdict(m).items() if k not in ("checkpoint_every", "log_every")
+    }
+    return {
+        m.name: kept,
+        "vocab_size": ctx.tok.vocab_size,
+        "task": dataclasses.asdict(ctx.spec.task),
+    }
 
 
 def _train(ctx: Context, m: ModelSpec, writer, progress) -> Model:
@@ -103,20 +120,30 @@ def _train(ctx: Context, m: ModelSpec, writer, progress) -> Model:
         opt = make_optimizer(m.optim)
         stream = ctx.task.train(m.batch_size, m.seed)
         start, state, _, _ = checkpoints.resume(
-            ckpt, run, sharding.init_state_sharded(model.params, opt, ctx.mesh, keep_ref=False),
-            None, stream, workdir=ctx.workdir, log=ctx.log)
+            ckpt,
+            run,
+            sharding.init_state_sharded(model.params, opt, ctx.mesh, keep_ref=False),
+            None,
+            stream,
+            workdir=ctx.workdir,
+            log=ctx.log,
+        )
         writer.resume(run, start)
         progress.skip(start)
         with loop.sigterm_flag() as stop:
             hooks = loop.LoopHooks(
                 write=lambda s, mt: writer.write(run, s, mt),
-                progress=lambda s, mt: progress.advance(log_every, mt), log_every=log_every,
+                progress=lambda s, mt: progress.advance(log_every, mt),
+                log_every=log_every,
                 warn=lambda msg: ctx.log(f"WARNING [{m.name}] {msg}"),
                 checkpoint=lambda s, st: ckpt.save(s, st, None, {"stream": stream.get_state()}),
-                checkpoint_every=m.checkpoint_every, stop_requested=stop)
+                checkpoint_every=m.checkpoint_every,
+                stop_requested=stop,
+            )
             sft_fn = make_sft_fn(model.graphdef, opt, sharding.step_shardings(ctx.mesh, opt, state))
-            state = loop.run_sft(sft_fn, state, _sft_batches(ctx, m, stream, start), m.steps, hooks,
-                                 start_step=start)
+            state = loop.run_sft(
+                sft_fn, state, _sft_batches(ctx, m, stream, start), m.steps, hooks, start_step=start
+            )
     return dataclasses.replace(model, params=state.params)
 
 

@@ -4,6 +4,7 @@
 ``ml_collections.ConfigDict``; stages, the trainer, sharding, checkpoints and
 data take these dataclasses. Every error names the config key.
 """
+
 from __future__ import annotations
 
 import copy
@@ -111,27 +112,47 @@ class ExperimentSpec:
 
     def stage_json(self) -> dict:
         """What the SFT stages and the tokenizer depend on (a workdir's identity)."""
-        return json.loads(json.dumps({
-            "seed": self.seed, "task": dataclasses.asdict(self.task),
-            "tokenizer_vocab_size": self.tokenizer_vocab_size,
-            "tokenizer_hard_limit": self.tokenizer_hard_limit,
-            "teacher": dataclasses.asdict(self.teacher),
-            "student": dataclasses.asdict(self.student)}))
+        return json.loads(
+            json.dumps(
+                {
+                    "seed": self.seed,
+                    "task": dataclasses.asdict(self.task),
+                    "tokenizer_vocab_size": self.tokenizer_vocab_size,
+                    "tokenizer_hard_limit": self.tokenizer_hard_limit,
+                    "teacher": dataclasses.asdict(self.teacher),
+                    "student": dataclasses.asdict(self.student),
+                }
+            )
+        )
 
 
 def _optim(block, total_steps: int) -> OptimSpec:
-    return OptimSpec(lr=block.lr, warmup_steps=block.warmup_steps, total_steps=total_steps,
-                     weight_decay=block.weight_decay, end_lr_fraction=block.end_lr_fraction,
-                     clip_norm=block.clip_norm)
+    return OptimSpec(
+        lr=block.lr,
+        warmup_steps=block.warmup_steps,
+        total_steps=total_steps,
+        weight_decay=block.weight_decay,
+        end_lr_fraction=block.end_lr_fraction,
+        clip_norm=block.clip_norm,
+    )
 
 
 def _model(c, key: str, name: str, seed: int) -> ModelSpec:
     b = c[key]
     arch = tuple(sorted(b.model.to_dict().items()))
-    return ModelSpec(name=name, source=b.source, arch=arch, steps=b.steps,
-                     batch_size=b.batch_size, optim=_optim(b, b.steps), p_dropout=b.p_dropout,
-                     max_len=b.max_len, checkpoint_every=b.checkpoint_every, seed=seed,
-                     log_every=c.distill.log_every)
+    return ModelSpec(
+        name=name,
+        source=b.source,
+        arch=arch,
+        steps=b.steps,
+        batch_size=b.batch_size,
+        optim=_optim(b, b.steps),
+        p_dropout=b.p_dropout,
+        max_len=b.max_len,
+        checkpoint_every=b.checkpoint_every,
+        seed=seed,
+        log_every=c.distill.log_every,
+    )
 
 
 def task_spec(c) -> TaskSpec:
@@ -180,9 +201,11 @@ def resolve_run(c, name: str) -> tuple[Method, dict, ml_collections.ConfigDict, 
         elif key in d and key not in ("variants", "methods"):
             d[key] = value
         else:
-            raise ValueError(f"config.distill.variants.{name}: {key!r} is neither a field of "
-                             f"{method.config_cls.__name__} ({sorted(fields)}) nor a distill "
-                             "field")
+            raise ValueError(
+                f"config.distill.variants.{name}: {key!r} is neither a field of "
+                f"{method.config_cls.__name__} ({sorted(fields)}) nor a distill "
+                "field"
+            )
     return method, args, d, label
 
 
@@ -190,12 +213,26 @@ def run_spec(c, name: str) -> RunSpec:
     method, args, d, label = resolve_run(c, name)
     config = method.make_config(args, f"config.method_args.{method.name} (run {name!r})")
     return RunSpec(
-        name=name, label=label, method=method, config=config, steps=d.steps, batch_prompts=d.batch_prompts,
-        n_samples=d.n_samples, optim=_optim(d, d.steps), max_new_tokens=d.max_new_tokens,
-        temperature=d.temperature, top_k=d.top_k, top_p=d.top_p,
-        chunk_size=d.chunk_size or None, diag_top_k=d.diag_top_k, log_every=d.log_every,
-        eval_every=d.eval_every, eval_n=d.eval_n, checkpoint_every=d.checkpoint_every,
-        log_passes=tuple(d.log_passes))
+        name=name,
+        label=label,
+        method=method,
+        config=config,
+        steps=d.steps,
+        batch_prompts=d.batch_prompts,
+        n_samples=d.n_samples,
+        optim=_optim(d, d.steps),
+        max_new_tokens=d.max_new_tokens,
+        temperature=d.temperature,
+        top_k=d.top_k,
+        top_p=d.top_p,
+        chunk_size=d.chunk_size or None,
+        diag_top_k=d.diag_top_k,
+        log_every=d.log_every,
+        eval_every=d.eval_every,
+        eval_n=d.eval_n,
+        checkpoint_every=d.checkpoint_every,
+        log_passes=tuple(d.log_passes),
+    )
 
 
 def experiment_spec(c: ml_collections.ConfigDict) -> ExperimentSpec:
@@ -204,12 +241,19 @@ def experiment_spec(c: ml_collections.ConfigDict) -> ExperimentSpec:
     if len(names) != len(set(names)):
         raise ValueError(f"config.distill.methods: duplicate entries in {names}")
     return ExperimentSpec(
-        seed=c.seed, mesh=tuple(c.mesh.to_dict().items()), checkpoint_keep=c.checkpoint_keep,
+        seed=c.seed,
+        mesh=tuple(c.mesh.to_dict().items()),
+        checkpoint_keep=c.checkpoint_keep,
         tokenizer_vocab_size=c.tokenizer.vocab_size,
-        tokenizer_hard_limit=c.tokenizer.hard_vocab_limit, task=task_spec(c),
+        tokenizer_hard_limit=c.tokenizer.hard_vocab_limit,
+        task=task_spec(c),
         teacher=_model(c, "teacher", "teacher", c.seed + 100),
         student=_model(c, "student", "student_init", c.seed + 200),
         runs=tuple(run_spec(c, n) for n in names),
-        eval=EvalSpec(batch_size=c.eval.batch_size, max_new_tokens=c.distill.max_new_tokens,
-                      avg_k=c.eval.avg_k,
-                      temperature=c.eval.temperature))
+        eval=EvalSpec(
+            batch_size=c.eval.batch_size,
+            max_new_tokens=c.distill.max_new_tokens,
+            avg_k=c.eval.avg_k,
+            temperature=c.eval.temperature,
+        ),
+    )

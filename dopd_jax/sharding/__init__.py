@@ -14,22 +14,25 @@ sit in them (``shard_params``, ``jax.device_put(state, sh.state)``); the
 in_shardings already constrain activations at step entry. The rule table
 (which dimension goes on which mesh axis) is in ``dopd_jax.sharding.rules``.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import functools
 import math
 import numbers
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import numpy as np
 import optax
 from flax import nnx
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from dopd_jax.sharding import rules
 from dopd_jax import state as state_lib
+from dopd_jax.sharding import rules
 
 
 def _resolve_shape(shape: Mapping[str, int], n_devices: int) -> dict[str, int]:
@@ -37,16 +40,19 @@ def _resolve_shape(shape: Mapping[str, int], n_devices: int) -> dict[str, int]:
         raise ValueError("mesh shape is empty; give e.g. {'data': -1}")
     unknown = [a for a in shape if a not in rules.MESH_AXES]
     if unknown:
-        raise ValueError(f"mesh axes {unknown} are not used by the sharding rules; "
-                         f"valid axes: {rules.MESH_AXES}")
-    bad = {a: s for a, s in shape.items()
-           if not isinstance(s, numbers.Integral) or (s < 1 and s != -1)}
+        raise ValueError(
+            f"mesh axes {unknown} are not used by the sharding rules; valid axes: {rules.MESH_AXES}"
+        )
+    bad = {
+        a: s for a, s in shape.items() if not isinstance(s, numbers.Integral) or (s < 1 and s != -1)
+    }
     if bad or list(shape.values()).count(-1) > 1:
         raise ValueError(f"mesh sizes must be positive ints with at most one -1, got {dict(shape)}")
     known = math.prod(s for s in shape.values() if s != -1)
     if n_devices % known or (-1 not in shape.values() and known != n_devices):
-        raise ValueError(f"mesh shape {dict(shape)} (product {known}) does not match "
-                         f"the {n_devices} devices")
+        raise ValueError(
+            f"mesh shape {dict(shape)} (product {known}) does not match the {n_devices} devices"
+        )
     return {a: (n_devices // known if s == -1 else int(s)) for a, s in shape.items()}
 
 
@@ -63,8 +69,12 @@ def make_mesh(shape: Mapping[str, int], devices=None) -> Mesh:
     """
     devices = jax.devices() if devices is None else list(devices)
     sizes = _resolve_shape(shape, len(devices))
-    return jax.make_mesh(tuple(sizes.values()), tuple(sizes),
-                         axis_types=(AxisType.Auto,) * len(sizes), devices=devices)
+    return jax.make_mesh(
+        tuple(sizes.values()),
+        tuple(sizes),
+        axis_types=(AxisType.Auto,) * len(sizes),
+        devices=devices,
+    )
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -75,8 +85,7 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def param_shardings(params: Any, mesh: Mesh) -> Any:
     """NamedShardings of every parameter (``rules.param_partition_specs``)."""
     specs = rules.param_partition_specs(params, mesh)
-    return jax.tree.map(lambda s: NamedSharding(mesh, s), specs,
-                        is_leaf=lambda x: isinstance(x, P))
+    return jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=lambda x: isinstance(x, P))
 
 
 def init_sharded(model_factory: Callable[[], nnx.Module], mesh: Mesh):
@@ -91,8 +100,9 @@ def init_sharded(model_factory: Callable[[], nnx.Module], mesh: Mesh):
       ``(graphdef, params)`` as from ``nnx.split``, params sharded by the rules.
     """
     graphdef, abstract = nnx.split(nnx.eval_shape(model_factory))
-    init = jax.jit(lambda: nnx.split(model_factory())[1],
-                   out_shardings=param_shardings(abstract, mesh))
+    init = jax.jit(
+        lambda: nnx.split(model_factory())[1], out_shardings=param_shardings(abstract, mesh)
+    )
     return graphdef, init()
 
 
@@ -108,8 +118,9 @@ def shard_params(params: Any, mesh: Mesh) -> Any:
     return jax.device_put(params, param_shardings(params, mesh))
 
 
-def state_shardings(state: state_lib.TrainState, optimizer: optax.GradientTransformation,
-                    mesh: Mesh) -> state_lib.TrainState:
+def state_shardings(
+    state: state_lib.TrainState, optimizer: optax.GradientTransformation, mesh: Mesh
+) -> state_lib.TrainState:
     """Shardings of a TrainState: optimizer moments follow their parameters.
 
     Args:
@@ -122,14 +133,20 @@ def state_shardings(state: state_lib.TrainState, optimizer: optax.GradientTransf
       are replicated.
     """
     psh = param_shardings(state.params, mesh)
-    opt = optax.tree_map_params(optimizer, lambda _, s: s, state.opt_state, psh,
-                                transform_non_params=lambda _: replicated(mesh))
+    opt = optax.tree_map_params(
+        optimizer,
+        lambda _, s: s,
+        state.opt_state,
+        psh,
+        transform_non_params=lambda _: replicated(mesh),
+    )
     ref = None if state.ref_params is None else psh
     return state_lib.TrainState(psh, opt, ref, replicated(mesh))
 
 
-def init_state_sharded(params: Any, optimizer: optax.GradientTransformation, mesh: Mesh,
-                       keep_ref: bool) -> state_lib.TrainState:
+def init_state_sharded(
+    params: Any, optimizer: optax.GradientTransformation, mesh: Mesh, keep_ref: bool
+) -> state_lib.TrainState:
     """``state_lib.init_state`` jitted straight into ``state_shardings``."""
     fn = functools.partial(state_lib.init_state, optimizer=optimizer, keep_ref=keep_ref)
     out = state_shardings(jax.eval_shape(fn, params), optimizer, mesh)
@@ -145,8 +162,10 @@ def _check_rows(batch: Any, shards: int, what: str) -> None:
     for path, x in jax.tree_util.tree_flatten_with_path(batch)[0]:
         rows = np.shape(x)[0] if np.ndim(x) else None
         if rows is None or rows % shards:
-            raise ValueError(f"{what} field {jax.tree_util.keystr(path)} has {rows} rows, "
-                             f"not divisible by {shards} data-parallel shards")
+            raise ValueError(
+                f"{what} field {jax.tree_util.keystr(path)} has {rows} rows, "
+                f"not divisible by {shards} data-parallel shards"
+            )
 
 
 def shard_batch(batch: Any, mesh: Mesh) -> Any:
@@ -162,8 +181,11 @@ def shard_batch(batch: Any, mesh: Mesh) -> Any:
 def local_row_shards(mesh: Mesh) -> int:
     """How many distinct row shards this process's devices hold."""
     dims = [i for i, a in enumerate(mesh.axis_names) if a in rules.batch_axes(mesh)]
-    coords = {tuple(idx[d] for d in dims) for idx, dev in np.ndenumerate(mesh.devices)
-              if dev.process_index == jax.process_index()}
+    coords = {
+        tuple(idx[d] for d in dims)
+        for idx, dev in np.ndenumerate(mesh.devices)
+        if dev.process_index == jax.process_index()
+    }
     return len(coords)
 
 
@@ -179,14 +201,17 @@ def process_row_slice(mesh: Mesh, global_rows: int) -> slice:
     """
     shards = rules.data_parallel_size(mesh)
     if global_rows % shards:
-        raise ValueError(f"global batch of {global_rows} rows is not divisible by "
-                         f"{shards} data-parallel shards")
+        raise ValueError(
+            f"global batch of {global_rows} rows is not divisible by {shards} data-parallel shards"
+        )
     index = batch_sharding(mesh).addressable_devices_indices_map((global_rows,))
     starts = sorted({idx[0].indices(global_rows)[:2] for idx in index.values()})
     lo, hi = starts[0][0], starts[-1][1]
     if hi - lo != len(starts) * (global_rows // shards):
-        raise ValueError(f"this process's rows {starts} are not contiguous: order the "
-                         "mesh with the data-parallel axes outermost")
+        raise ValueError(
+            f"this process's rows {starts} are not contiguous: order the "
+            "mesh with the data-parallel axes outermost"
+        )
     return slice(lo, hi)
 
 
@@ -205,8 +230,9 @@ def host_local_to_global(batch: Any, mesh: Mesh) -> Any:
     """
     _check_rows(batch, local_row_shards(mesh), "process-local batch")
     sharding = batch_sharding(mesh)
-    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(
-        sharding, np.asarray(x)), batch)
+    return jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch
+    )
 
 
 def to_global_batch(batch: Any, mesh: Mesh) -> Any:
@@ -250,20 +276,28 @@ class StepShardings:
         s, rows, rep = self.state, self.rows, self.replicated
         table = {  # phase: (in_shardings, out_shardings) over its positional args
             "rollout": ((s, rows, rep), rows),  # (state, batch, key) -> Rollout
-            "score": ((s, self.teachers, rows, rows), rows),  # (state, teachers, batch, ro) -> targets
+            "score": (
+                (s, self.teachers, rows, rows),
+                rows,
+            ),  # (state, teachers, batch, ro) -> targets
             "update": ((s, rows, rows), (s, rep)),  # (state, ro, targets) -> (state, metrics)
             "sft": ((s, rows), (s, rep)),  # (state, batch) -> (state, metrics)
         }
         if phase not in table:
             raise ValueError(f"unknown step phase {phase!r}; valid: {sorted(table)}")
         if phase == "score" and self.teachers is None:
-            raise ValueError("the score phase needs teacher shardings: pass teacher_params "
-                             "to step_shardings")
+            raise ValueError(
+                "the score phase needs teacher shardings: pass teacher_params to step_shardings"
+            )
         return {"in_shardings": table[phase][0], "out_shardings": table[phase][1]}
 
 
-def step_shardings(mesh: Mesh, optimizer: optax.GradientTransformation,
-                   state: state_lib.TrainState, teachers: Any = None) -> StepShardings:
+def step_shardings(
+    mesh: Mesh,
+    optimizer: optax.GradientTransformation,
+    state: state_lib.TrainState,
+    teachers: Any = None,
+) -> StepShardings:
     """Builds the StepShardings of a student state (and optional teachers).
 
     Args:
@@ -277,5 +311,10 @@ def step_shardings(mesh: Mesh, optimizer: optax.GradientTransformation,
       StepShardings for ``steps.make_distill_fns`` / ``steps.make_sft_fn``.
     """
     teacher = None if teachers is None else param_shardings(teachers, mesh)
-    return StepShardings(mesh, state_shardings(state, optimizer, mesh), teacher,
-                         batch_sharding(mesh), replicated(mesh))
+    return StepShardings(
+        mesh,
+        state_shardings(state, optimizer, mesh),
+        teacher,
+        batch_sharding(mesh),
+        replicated(mesh),
+    )

@@ -15,10 +15,12 @@ mesh, or whose total size does not divide the dimension, leaves that
 dimension replicated. E.g. a vocabulary of 25 on ``tensor=2`` keeps the
 embedding's vocab dimension whole and still shards its width over ``fsdp``.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 from jax.sharding import PartitionSpec as P
@@ -37,15 +39,15 @@ MESH_AXES = ("data", "fsdp", "tensor")
 
 # (module name, parameter name) -> logical axes of each dimension.
 PARAM_AXES: dict[tuple[str, str], tuple[str, ...]] = {
-    ("embed", "embedding"): ("vocab", "embed"),   # [V, D]
-    ("q_proj", "kernel"): ("embed", "heads"),     # [D, H*E]
+    ("embed", "embedding"): ("vocab", "embed"),  # [V, D]
+    ("q_proj", "kernel"): ("embed", "heads"),  # [D, H*E]
     ("k_proj", "kernel"): ("embed", "kv_heads"),  # [D, G*E]
     ("v_proj", "kernel"): ("embed", "kv_heads"),  # [D, G*E]
-    ("o_proj", "kernel"): ("heads", "embed"),     # [H*E, D]
-    ("gate_proj", "kernel"): ("embed", "mlp"),    # [D, F]
-    ("up_proj", "kernel"): ("embed", "mlp"),      # [D, F]
-    ("down_proj", "kernel"): ("mlp", "embed"),    # [F, D]
-    ("lm_head", "kernel"): ("embed", "vocab"),    # [D, V]
+    ("o_proj", "kernel"): ("heads", "embed"),  # [H*E, D]
+    ("gate_proj", "kernel"): ("embed", "mlp"),  # [D, F]
+    ("up_proj", "kernel"): ("embed", "mlp"),  # [D, F]
+    ("down_proj", "kernel"): ("mlp", "embed"),  # [F, D]
+    ("lm_head", "kernel"): ("embed", "vocab"),  # [D, V]
 }
 
 
@@ -121,8 +123,9 @@ def param_partition_specs(params: Any, mesh_or_shape) -> Any:
     """
     sizes = axis_sizes(mesh_or_shape)
     return jax.tree_util.tree_map_with_path(
-        lambda path, x: logical_to_spec(param_logical_axes(path, len(x.shape)), x.shape,
-                                        sizes), params)
+        lambda path, x: logical_to_spec(param_logical_axes(path, len(x.shape)), x.shape, sizes),
+        params,
+    )
 
 
 def batch_axes(mesh_or_shape) -> tuple[str, ...]:

@@ -10,6 +10,7 @@ A distillation step is ``rollout_step`` -> ``score_step`` -> ``update_step``;
 ``distill_step`` composes the three for users' own JAX code. Nothing here
 names a method: the spec's method declares the passes scored and the loss.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,10 +22,12 @@ import jax.numpy as jnp
 import optax
 
 from dopd_jax.data.batches import PromptBatch
-from dopd_jax.losses import diagnostics, divergences as div_lib
+from dopd_jax.losses import diagnostics
+from dopd_jax.losses import divergences as div_lib
 from dopd_jax.methods.base import Method, Pass, pass_from_name
 from dopd_jax.state import TrainState, init_state  # noqa: F401 (re-exported)
-from dopd_jax.steps import rollout as rollout_lib, scoring
+from dopd_jax.steps import rollout as rollout_lib
+from dopd_jax.steps import scoring
 
 DistillBatch = PromptBatch  # the prompt batch of a distillation step
 
@@ -71,22 +74,32 @@ class DistillSpec:
         return float(getattr(self.config, "ema_decay", 0.99))
 
 
-def rollout_step(graphdefs: dict, spec: DistillSpec, state: TrainState, batch: PromptBatch,
-                 key: jax.Array) -> rollout_lib.Rollout:
+def rollout_step(
+    graphdefs: dict, spec: DistillSpec, state: TrainState, batch: PromptBatch, key: jax.Array
+) -> rollout_lib.Rollout:
     """Samples responses from the deployed student (prompt x only)."""
     key = jax.random.fold_in(key, state.step)
-    return rollout_lib.sample(graphdefs["student"], state.params, batch.prompt_BP,
-                              batch.prompt_mask_BP, key, spec.sampler)
+    return rollout_lib.sample(
+        graphdefs["student"], state.params, batch.prompt_BP, batch.prompt_mask_BP, key, spec.sampler
+    )
 
 
 def priv_rows(batch: PromptBatch, n_samples: int):
     """The privileged prefixes repeated like the rollout's rows."""
-    return (rollout_lib.repeat_rows(batch.priv_BQ, n_samples),
-            rollout_lib.repeat_rows(batch.priv_mask_BQ, n_samples))
+    return (
+        rollout_lib.repeat_rows(batch.priv_BQ, n_samples),
+        rollout_lib.repeat_rows(batch.priv_mask_BQ, n_samples),
+    )
 
 
-def score_step(graphdefs: dict, spec: DistillSpec, state: TrainState, teachers: dict,
-               batch: PromptBatch, ro: rollout_lib.Rollout) -> dict:
+def score_step(
+    graphdefs: dict,
+    spec: DistillSpec,
+    state: TrainState,
+    teachers: dict,
+    batch: PromptBatch,
+    ro: rollout_lib.Rollout,
+) -> dict:
     """Scores the sampled responses under every pass the method declares.
 
     Returns a dict slot -> logits_BTV (stop-gradient) aligned with
@@ -94,27 +107,38 @@ def score_step(graphdefs: dict, spec: DistillSpec, state: TrainState, teachers: 
     diagnostic passes (``spec.log_passes``) the method does not use.
     """
     priv_BQ, priv_mask_BQ = priv_rows(batch, spec.sampler.n_samples)
-    score = functools.partial(scoring.score_pass, graphdefs, state=state, teachers=teachers,
-                              ro=ro, priv_BQ=priv_BQ, priv_mask_BQ=priv_mask_BQ)
+    score = functools.partial(
+        scoring.score_pass,
+        graphdefs,
+        state=state,
+        teachers=teachers,
+        ro=ro,
+        priv_BQ=priv_BQ,
+        priv_mask_BQ=priv_mask_BQ,
+    )
     targets = {slot: score(p=p) for slot, p in spec.passes.items()}
     for name, p in spec.diagnostic_passes.items():
-        targets[f"logp_{name}_BT"] = div_lib.sampled_logprobs(score(p=p), ro.tokens_BT,
-                                                              spec.chunk_size)
+        targets[f"logp_{name}_BT"] = div_lib.sampled_logprobs(
+            score(p=p), ro.tokens_BT, spec.chunk_size
+        )
     return targets
 
 
 def rollout_metrics(ro: rollout_lib.Rollout) -> dict:
     """Response length, truncation and token count of a rollout."""
     lengths_B = ro.mask_BT.sum(-1).astype(jnp.float32)
-    return {"response_len": lengths_B.mean(),
-            "truncated_frac": ro.truncated_B.astype(jnp.float32).mean(),
-            "num_tokens": lengths_B.sum()}
+    return {
+        "response_len": lengths_B.mean(),
+        "truncated_frac": ro.truncated_B.astype(jnp.float32).mean(),
+        "num_tokens": lengths_B.sum(),
+    }
 
 
 def sampled_kls(spec: DistillSpec, student_BTV, targets, ro) -> dict:
     """Sampled-token reverse-KL estimates ``kl_to_<slot>`` for every scored pass (chunked)."""
-    logp = functools.partial(div_lib.sampled_logprobs, tokens_BT=ro.tokens_BT,
-                             chunk_size=spec.chunk_size)
+    logp = functools.partial(
+        div_lib.sampled_logprobs, tokens_BT=ro.tokens_BT, chunk_size=spec.chunk_size
+    )
     s_logp = logp(jax.lax.stop_gradient(student_BTV))
     out = {}
     for name in list(spec.passes) + list(spec.diagnostic_passes):
@@ -129,25 +153,37 @@ def step_diagnostics(spec: DistillSpec, student_BTV, targets, ro) -> dict:
     """Per-token diagnostics against the method's main target, and the sampled KLs."""
     student_BTV = jax.lax.stop_gradient(student_BTV)
     out = diagnostics.token_stats(
-        student_BTV, targets[spec.method.main_target], ro.tokens_BT, ro.mask_BT,
-        top_k=min(spec.diag_top_k, student_BTV.shape[-1]), chunk_size=spec.chunk_size)
+        student_BTV,
+        targets[spec.method.main_target],
+        ro.tokens_BT,
+        ro.mask_BT,
+        top_k=min(spec.diag_top_k, student_BTV.shape[-1]),
+        chunk_size=spec.chunk_size,
+    )
     out.update(sampled_kls(spec, student_BTV, targets, ro))
     return out
 
 
-def update_step(graphdefs: dict, optimizer, spec: DistillSpec, state: TrainState,
-                ro: rollout_lib.Rollout, targets: dict) -> tuple[TrainState, dict]:
+def update_step(
+    graphdefs: dict,
+    optimizer,
+    spec: DistillSpec,
+    state: TrainState,
+    ro: rollout_lib.Rollout,
+    targets: dict,
+) -> tuple[TrainState, dict]:
     """Student forward on x + method loss + optimizer update."""
 
     def loss_fn(params):
-        student_BTV = scoring.teacher_forced_logits(graphdefs["student"], params, ro.prompt_BP,
-                                                    ro.prompt_mask_BP, ro.tokens_BT)
-        loss, metrics = spec.method.loss(student_BTV, targets, ro, spec.config,
-                                         chunk_size=spec.chunk_size)
+        student_BTV = scoring.teacher_forced_logits(
+            graphdefs["student"], params, ro.prompt_BP, ro.prompt_mask_BP, ro.tokens_BT
+        )
+        loss, metrics = spec.method.loss(
+            student_BTV, targets, ro, spec.config, chunk_size=spec.chunk_size
+        )
         return loss, (metrics, student_BTV)
 
-    (loss, (metrics, student_BTV)), grads = jax.value_and_grad(
-        loss_fn, has_aux=True)(state.params)
+    (loss, (metrics, student_BTV)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     new_state = apply_gradients(optimizer, spec, state, grads)
     metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
     metrics.update(step_diagnostics(spec, student_BTV, targets, ro))
@@ -166,9 +202,16 @@ def apply_gradients(optimizer, spec: DistillSpec, state: TrainState, grads) -> T
     return TrainState(params, opt_state, ref, state.step + 1)
 
 
-def distill_step(graphdefs: dict, optimizer, spec: DistillSpec, state: TrainState,
-                 teachers: dict, batch: PromptBatch, key: jax.Array):
-    """One full on-policy distillation step: ``(state, teachers, batch, key) -> (state, metrics)``."""
+def distill_step(
+    graphdefs: dict,
+    optimizer,
+    spec: DistillSpec,
+    state: TrainState,
+    teachers: dict,
+    batch: PromptBatch,
+    key: jax.Array,
+):
+    """One on-policy distillation step: ``(state, teachers, batch, key) -> (state, metrics)``."""
     ro = rollout_step(graphdefs, spec, state, batch, key)
     targets = score_step(graphdefs, spec, state, teachers, batch, ro)
     return update_step(graphdefs, optimizer, spec, state, ro, targets)
@@ -183,8 +226,7 @@ class DistillFns:
     update: Any
 
 
-def make_distill_fns(graphdefs: dict, optimizer, spec: DistillSpec,
-                     shardings=None) -> DistillFns:
+def make_distill_fns(graphdefs: dict, optimizer, spec: DistillSpec, shardings=None) -> DistillFns:
     """Binds static configuration and jits the three phases of a step.
 
     Args:
@@ -203,9 +245,11 @@ def make_distill_fns(graphdefs: dict, optimizer, spec: DistillSpec,
     """
     jit_kwargs = (lambda phase: {}) if shardings is None else shardings.jit_kwargs
     return DistillFns(
-        rollout=jax.jit(functools.partial(rollout_step, graphdefs, spec),
-                        **jit_kwargs("rollout")),
+        rollout=jax.jit(functools.partial(rollout_step, graphdefs, spec), **jit_kwargs("rollout")),
         score=jax.jit(functools.partial(score_step, graphdefs, spec), **jit_kwargs("score")),
-        update=jax.jit(functools.partial(update_step, graphdefs, optimizer, spec),
-                       donate_argnames=("state",), **jit_kwargs("update")),
+        update=jax.jit(
+            functools.partial(update_step, graphdefs, optimizer, spec),
+            donate_argnames=("state",),
+            **jit_kwargs("update"),
+        ),
     )

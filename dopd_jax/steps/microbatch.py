@@ -27,6 +27,7 @@ evenly over all devices. Metrics are the full-batch values: token means are
 weighted by valid tokens, per-regime means (``loss_LH``, ``gap_HS``, ...) by
 the regime's tokens.
 """
+
 from __future__ import annotations
 
 import functools
@@ -34,18 +35,21 @@ import functools
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from dopd_jax.losses import divergences as div_lib, routing
+from dopd_jax.losses import divergences as div_lib
+from dopd_jax.losses import routing
 from dopd_jax.sharding import rules as sharding_rules
-from dopd_jax.steps import distill as steps, rollout as rollout_lib, scoring
+from dopd_jax.steps import distill as steps
+from dopd_jax.steps import rollout as rollout_lib
+from dopd_jax.steps import scoring
 
 
 def split_rows(x, num_microbatches: int):
     """``[B, ...] -> [M, B/M, ...]``; micro-batch m holds rows m, m + M, ..."""
     rest = x.shape[1:]
-    return jnp.swapaxes(x.reshape(x.shape[0] // num_microbatches, num_microbatches, *rest),
-                        0, 1)
+    return jnp.swapaxes(x.reshape(x.shape[0] // num_microbatches, num_microbatches, *rest), 0, 1)
 
 
 def _needs_refs(spec) -> bool:
@@ -56,8 +60,9 @@ def _score_pass(graphdefs, spec, constrain, state, teachers, mb, name):
     """Stop-gradient logits of pass ``name`` (a method slot or a log pass) on one micro-batch."""
     p = spec.passes.get(name) or spec.diagnostic_passes[name]
     forward = functools.partial(scoring.forward_logits, constrain=constrain)
-    return scoring.score_pass(graphdefs, p, state, teachers, mb["ro"], mb["priv_BQ"],
-                              mb["priv_mask_BQ"], forward=forward)
+    return scoring.score_pass(
+        graphdefs, p, state, teachers, mb["ro"], mb["priv_BQ"], mb["priv_mask_BQ"], forward=forward
+    )
 
 
 def _first_pass(score, spec, mb) -> dict:
@@ -76,7 +81,7 @@ def _first_pass(score, spec, mb) -> dict:
 def _batch_refs(spec, first_MbT: dict, mask_MbT):
     """The method's reference values over every valid token of the whole batch."""
     flat = lambda x: x.reshape(-1, x.shape[-1])  # noqa: E731
-    stats = {k[len("ref_"):]: flat(v) for k, v in first_MbT.items() if k.startswith("ref_")}
+    stats = {k[len("ref_") :]: flat(v) for k, v in first_MbT.items() if k.startswith("ref_")}
     return spec.method.batch_refs.reduce(spec.config, stats, flat(mask_MbT))
 
 
@@ -103,8 +108,7 @@ def _weighted_means(values_M: dict, weights_M: dict) -> dict:
     return out
 
 
-def _second_pass(graphdefs, spec, score, remat, constrain, state, refs, n_seq_total,
-                 grad_acc, mb):
+def _second_pass(graphdefs, spec, score, remat, constrain, state, refs, n_seq_total, grad_acc, mb):
     """Loss, gradient and metrics of one micro-batch; adds the gradient to ``grad_acc``."""
     ro = mb["ro"]
     targets = {name: score(mb, name) for name in spec.passes}
@@ -113,11 +117,18 @@ def _second_pass(graphdefs, spec, score, remat, constrain, state, refs, n_seq_to
     share = n_seq / jnp.maximum(n_seq_total, 1.0)  # sequence_mean over the whole batch
 
     def loss_fn(params):
-        s_BTV = scoring.forward_logits(graphdefs["student"], params, ro.prompt_BP,
-                                       ro.prompt_mask_BP, ro.tokens_BT, remat=remat,
-                                       constrain=constrain)
-        loss, metrics = spec.method.loss(s_BTV, targets, ro, spec.config,
-                                         chunk_size=spec.chunk_size, refs=refs)
+        s_BTV = scoring.forward_logits(
+            graphdefs["student"],
+            params,
+            ro.prompt_BP,
+            ro.prompt_mask_BP,
+            ro.tokens_BT,
+            remat=remat,
+            constrain=constrain,
+        )
+        loss, metrics = spec.method.loss(
+            s_BTV, targets, ro, spec.config, chunk_size=spec.chunk_size, refs=refs
+        )
         return loss * share, (metrics, s_BTV)
 
     (loss, (metrics, s_BTV)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -131,15 +142,21 @@ def _check_rows(spec, num_microbatches, batch, ro, mesh) -> None:
     """Raises ValueError unless the rows split into equal (and evenly sharded) micro-batches."""
     rows = ro.tokens_BT.shape[0]
     if batch.priv_BQ.shape[0] * spec.sampler.n_samples != rows:
-        raise ValueError(f"batch has {batch.priv_BQ.shape[0]} prompts x n_samples="
-                         f"{spec.sampler.n_samples}, but the rollout has {rows} rows")
+        raise ValueError(
+            f"batch has {batch.priv_BQ.shape[0]} prompts x n_samples="
+            f"{spec.sampler.n_samples}, but the rollout has {rows} rows"
+        )
     if rows % num_microbatches:
-        raise ValueError(f"{rows} rollout rows do not split into num_microbatches="
-                         f"{num_microbatches} equal micro-batches")
+        raise ValueError(
+            f"{rows} rollout rows do not split into num_microbatches="
+            f"{num_microbatches} equal micro-batches"
+        )
     shards = 1 if mesh is None else sharding_rules.data_parallel_size(mesh)
     if (rows // num_microbatches) % shards:
-        raise ValueError(f"micro-batches of {rows // num_microbatches} rows do not split "
-                         f"over {shards} data-parallel shards; use fewer micro-batches")
+        raise ValueError(
+            f"micro-batches of {rows // num_microbatches} rows do not split "
+            f"over {shards} data-parallel shards; use fewer micro-batches"
+        )
 
 
 def _constraints(mesh):
@@ -153,10 +170,18 @@ def _constraints(mesh):
     return put(P(None, entry)), put(P(entry, free, free))
 
 
-def microbatched_update_step(graphdefs, optimizer, spec: steps.DistillSpec,
-                             num_microbatches: int, remat: bool, mesh,
-                             state: steps.TrainState, teachers,
-                             batch: steps.DistillBatch, ro: rollout_lib.Rollout):
+def microbatched_update_step(
+    graphdefs,
+    optimizer,
+    spec: steps.DistillSpec,
+    num_microbatches: int,
+    remat: bool,
+    mesh,
+    state: steps.TrainState,
+    teachers,
+    batch: steps.DistillBatch,
+    ro: rollout_lib.Rollout,
+):
     """``score_step`` + ``update_step`` of one batch, in micro-batches.
 
     Same arguments as those two (static ones bound by ``make_microbatched_update``);
@@ -169,16 +194,21 @@ def microbatched_update_step(graphdefs, optimizer, spec: steps.DistillSpec,
     mbs = jax.tree.map(lambda x: per_mb(split_rows(x, num_microbatches)), rows)
     score = functools.partial(_score_pass, graphdefs, spec, per_act, state, teachers)
     needs_refs = _needs_refs(spec)
-    first = (jax.lax.map(functools.partial(_first_pass, score, spec), mbs)
-             if spec.diagnostic_passes or needs_refs else {})
+    first = (
+        jax.lax.map(functools.partial(_first_pass, score, spec), mbs)
+        if spec.diagnostic_passes or needs_refs
+        else {}
+    )
     refs = _batch_refs(spec, first, mbs["ro"].mask_BT) if needs_refs else None
     mbs["logp"] = {k: v for k, v in first.items() if k.startswith("logp_")}
 
     n_seq_total = jnp.sum(jnp.any(ro.mask_BT, axis=1).astype(jnp.float32))
-    acc0 = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.promote_types(p.dtype, jnp.float32)),
-                        state.params)
-    body = functools.partial(_second_pass, graphdefs, spec, score, remat, per_act, state,
-                             refs, n_seq_total)
+    acc0 = jax.tree.map(
+        lambda p: jnp.zeros(p.shape, jnp.promote_types(p.dtype, jnp.float32)), state.params
+    )
+    body = functools.partial(
+        _second_pass, graphdefs, spec, score, remat, per_act, state, refs, n_seq_total
+    )
     grads, (loss_M, metrics_M, weights_M) = jax.lax.scan(body, acc0, mbs)
     grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
 
@@ -190,8 +220,15 @@ def microbatched_update_step(graphdefs, optimizer, spec: steps.DistillSpec,
     return new_state, metrics
 
 
-def make_microbatched_update(graphdefs, optimizer, spec: steps.DistillSpec,
-                             num_microbatches: int, shardings=None, *, remat: bool = True):
+def make_microbatched_update(
+    graphdefs,
+    optimizer,
+    spec: steps.DistillSpec,
+    num_microbatches: int,
+    shardings=None,
+    *,
+    remat: bool = True,
+):
     """Jits the fused micro-batched score + update step.
 
     Args:
@@ -211,16 +248,27 @@ def make_microbatched_update(graphdefs, optimizer, spec: steps.DistillSpec,
       ``step(state, teachers, batch, ro) -> (state, metrics)``, jitted,
       with the state donated (the teacher params never are).
     """
-    if isinstance(num_microbatches, bool) or not isinstance(num_microbatches, int) \
-            or num_microbatches < 1:
+    if (
+        isinstance(num_microbatches, bool)
+        or not isinstance(num_microbatches, int)
+        or num_microbatches < 1
+    ):
         raise ValueError(f"num_microbatches must be an int >= 1, got {num_microbatches!r}")
     if shardings is not None and shardings.teachers is None:
-        raise ValueError("the micro-batched step needs teacher shardings: pass "
-                         "the teachers to sharding.step_shardings")
+        raise ValueError(
+            "the micro-batched step needs teacher shardings: pass "
+            "the teachers to sharding.step_shardings"
+        )
     mesh = None if shardings is None else shardings.mesh
-    fn = functools.partial(microbatched_update_step, graphdefs, optimizer, spec,
-                           num_microbatches, remat, mesh)
-    jit_kwargs = {} if shardings is None else {
-        "in_shardings": (shardings.state, shardings.teachers, shardings.rows, shardings.rows),
-        "out_shardings": (shardings.state, shardings.replicated)}
+    fn = functools.partial(
+        microbatched_update_step, graphdefs, optimizer, spec, num_microbatches, remat, mesh
+    )
+    jit_kwargs = (
+        {}
+        if shardings is None
+        else {
+            "in_shardings": (shardings.state, shardings.teachers, shardings.rows, shardings.rows),
+            "out_shardings": (shardings.state, shardings.replicated),
+        }
+    )
     return jax.jit(fn, donate_argnames=("state",), **jit_kwargs)

@@ -5,6 +5,7 @@ same values as a ``lax.scan`` over stacked layers with optional remat and
 activation sharding constraints (the micro-batched step's form).
 ``score_passes`` runs every pass a method declares against a dict of models.
 """
+
 from __future__ import annotations
 
 import jax
@@ -36,17 +37,20 @@ def teacher_forced_logits(graphdef, params, prefix_BP, prefix_mask_BP, response_
     """
     rollout.check_prefix(prefix_BP, prefix_mask_BP, "prefix")
     if response_BT.ndim != 2 or response_BT.shape[0] != prefix_BP.shape[0]:
-      raise ValueError(f"response {response_BT.shape} must be [B, T] with the "
-                       f"prefix's B={prefix_BP.shape[0]}")
+        raise ValueError(
+            f"response {response_BT.shape} must be [B, T] with the prefix's B={prefix_BP.shape[0]}"
+        )
     model = nnx.merge(graphdef, params)
     p, t = prefix_BP.shape[1], response_BT.shape[1]
     tokens_BL = jnp.concatenate([prefix_BP, response_BT], axis=1).astype(jnp.int32)
-    mask_BL = jnp.concatenate([jnp.asarray(prefix_mask_BP, bool),
-                               jnp.ones(response_BT.shape, bool)], axis=1)
-    h_BLD = model.hidden(tokens_BL, mask_BL=mask_BL,
-                         positions_BL=transformer.default_positions(mask_BL))
+    mask_BL = jnp.concatenate(
+        [jnp.asarray(prefix_mask_BP, bool), jnp.ones(response_BT.shape, bool)], axis=1
+    )
+    h_BLD = model.hidden(
+        tokens_BL, mask_BL=mask_BL, positions_BL=transformer.default_positions(mask_BL)
+    )
     # Only the T positions that predict response tokens are projected to V.
-    return model.logits(h_BLD[:, p - 1:p + t - 1])
+    return model.logits(h_BLD[:, p - 1 : p + t - 1])
 
 
 def _stacked_blocks(model):
@@ -58,8 +62,16 @@ def _stacked_blocks(model):
     return graphdef, jax.tree.map(lambda *xs: jnp.stack(xs), *(st for _, st in splits))
 
 
-def forward_logits(graphdef, params, prefix_BP, prefix_mask_BP, response_BT, *,
-                   remat: bool = False, constrain=lambda x: x):
+def forward_logits(
+    graphdef,
+    params,
+    prefix_BP,
+    prefix_mask_BP,
+    response_BT,
+    *,
+    remat: bool = False,
+    constrain=lambda x: x,
+):
     """``teacher_forced_logits`` as a ``lax.scan`` over layers, with optional remat and constraints.
 
     Same values as ``teacher_forced_logits`` (the model's own modules, as in
@@ -85,8 +97,9 @@ def forward_logits(graphdef, params, prefix_BP, prefix_mask_BP, response_BT, *,
     model = nnx.merge(graphdef, params)
     p, t = prefix_BP.shape[1], response_BT.shape[1]
     tokens_BL = jnp.concatenate([prefix_BP, response_BT], axis=1).astype(jnp.int32)
-    mask_BL = jnp.concatenate([prefix_mask_BP.astype(bool),
-                               jnp.ones(response_BT.shape, bool)], axis=1)
+    mask_BL = jnp.concatenate(
+        [prefix_mask_BP.astype(bool), jnp.ones(response_BT.shape, bool)], axis=1
+    )
     positions_BL = transformer.default_positions(mask_BL)
     block_gd, blocks_N = _stacked_blocks(model)
 
@@ -97,7 +110,7 @@ def forward_logits(graphdef, params, prefix_BP, prefix_mask_BP, response_BT, *,
     body = jax.checkpoint(body) if remat else body
     x_BLD, _ = jax.lax.scan(body, constrain(model.embed(tokens_BL)), blocks_N)
     # RMSNorm is per position: normalising only the T scored positions is exact.
-    return constrain(model.logits(model.final_norm(x_BLD[:, p - 1:p + t - 1])))
+    return constrain(model.logits(model.final_norm(x_BLD[:, p - 1 : p + t - 1])))
 
 
 def pass_params(role: str, state, teachers: dict):
@@ -106,8 +119,10 @@ def pass_params(role: str, state, teachers: dict):
         return state.params
     if role == "ref":
         if state.ref_params is None:
-            raise ValueError("a pass uses role 'ref' but the train state keeps no reference "
-                             "copy (init_state(..., keep_ref=True))")
+            raise ValueError(
+                "a pass uses role 'ref' but the train state keeps no reference "
+                "copy (init_state(..., keep_ref=True))"
+            )
         return state.ref_params
     if role not in teachers:
         raise ValueError(f"no model for role {role!r}; teachers given: {sorted(teachers)}")
@@ -129,10 +144,23 @@ def pass_prefix(p: Pass, ro, priv_BQ, priv_mask_BQ):
     return priv_BQ, priv_mask_BQ
 
 
-def score_pass(graphdefs: dict, p: Pass, state, teachers: dict, ro, priv_BQ, priv_mask_BQ,
-               forward=teacher_forced_logits):
+def score_pass(
+    graphdefs: dict,
+    p: Pass,
+    state,
+    teachers: dict,
+    ro,
+    priv_BQ,
+    priv_mask_BQ,
+    forward=teacher_forced_logits,
+):
     """Stop-gradient logits ``[B, T, V]`` of one pass over the rollout's tokens."""
     prefix_BP, mask_BP = pass_prefix(p, ro, priv_BQ, priv_mask_BQ)
-    logits = forward(pass_graphdef(p.role, graphdefs), pass_params(p.role, state, teachers),
-                     prefix_BP, mask_BP, ro.tokens_BT)
+    logits = forward(
+        pass_graphdef(p.role, graphdefs),
+        pass_params(p.role, state, teachers),
+        prefix_BP,
+        mask_BP,
+        ro.tokens_BT,
+    )
     return jax.lax.stop_gradient(logits)

@@ -1,4 +1,5 @@
 """Supervised fine-tuning step: cross-entropy on the response tokens of a teacher-forced batch."""
+
 from __future__ import annotations
 
 import functools
@@ -17,7 +18,8 @@ def sft_step(graphdef, optimizer, state: TrainState, batch: SFTBatch) -> tuple[T
 
     def loss_fn(params):
         logits_BLV = nnx.merge(graphdef, params)(
-            batch.inputs_BL, mask_BL=batch.input_mask_BL).astype(jnp.float32)
+            batch.inputs_BL, mask_BL=batch.input_mask_BL
+        ).astype(jnp.float32)
         nll_BL = optax.softmax_cross_entropy_with_integer_labels(logits_BLV, batch.targets_BL)
         m = batch.loss_mask_BL.astype(jnp.float32)
         correct = (logits_BLV.argmax(-1) == batch.targets_BL).astype(jnp.float32)
@@ -40,5 +42,6 @@ def make_sft_fn(graphdef, optimizer, shardings=None):
       shardings: ``sharding.StepShardings`` or None (see ``make_distill_fns``).
     """
     jit_kwargs = {} if shardings is None else shardings.jit_kwargs("sft")
-    return jax.jit(functools.partial(sft_step, graphdef, optimizer),
-                   donate_argnames=("state",), **jit_kwargs)
+    return jax.jit(
+        functools.partial(sft_step, graphdef, optimizer), donate_argnames=("state",), **jit_kwargs
+    )

@@ -26,6 +26,7 @@ run may have logged steps after its last checkpoint. ``resume`` drops those
 records of the stage's run from ``metrics.jsonl`` before the loop logs them
 again; TensorBoard event files are append-only and keep both copies.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -33,7 +34,8 @@ import glob
 import hashlib
 import json
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import numpy as np
@@ -107,25 +109,36 @@ class StageCheckpointer:
         config (raised here, before the caller builds or compiles anything).
     """
 
-    def __init__(self, directory: str, config: dict, *, keep: int = 2,
-                 log: Callable[[str], None] = print, async_save: bool = True):
+    def __init__(
+        self,
+        directory: str,
+        config: dict,
+        *,
+        keep: int = 2,
+        log: Callable[[str], None] = print,
+        async_save: bool = True,
+    ):
         self.directory = os.path.abspath(directory)
         self._config = json.loads(json.dumps(config))
         self._log = log
         for path in sorted(glob.glob(os.path.join(self.directory, _UNFINISHED))):
             log(f"WARNING: discarding {path}: a save the previous process did not finish")
         self._manager = ocp.CheckpointManager(
-            self.directory, item_names=("state", "meta"),
+            self.directory,
+            item_names=("state", "meta"),
             options=ocp.CheckpointManagerOptions(
                 preservation_policy=ocp.checkpoint_managers.LatestN(n=keep),
-                enable_async_checkpointing=async_save, cleanup_tmp_directories=True))
+                enable_async_checkpointing=async_save,
+                cleanup_tmp_directories=True,
+            ),
+        )
         try:
             self._latest_meta()
         except ValueError:
             self._manager.close()
             raise
 
-    def __enter__(self) -> "StageCheckpointer":
+    def __enter__(self) -> StageCheckpointer:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -144,12 +157,22 @@ class StageCheckpointer:
         """Writes ``state`` (+ ``key``) and ``extra`` as step ``step`` (asynchronously)."""
         tree = self._tree(state, key)
         extra = json.loads(json.dumps(extra))  # a snapshot: the async write happens later
-        payload = {"step": int(step), "config": self._config, "extra": extra,
-                   "checksums": fingerprint(tree), "shapes": shapes(tree),
-                   "key_impl": None if key is None else str(jax.random.key_impl(key))}
+        payload = {
+            "step": int(step),
+            "config": self._config,
+            "extra": extra,
+            "checksums": fingerprint(tree),
+            "shapes": shapes(tree),
+            "key_impl": None if key is None else str(jax.random.key_impl(key)),
+        }
         meta = {"payload": payload, "sha256": _digest(payload)}
-        self._manager.save(int(step), force=True, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)))
+        self._manager.save(
+            int(step),
+            force=True,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)
+            ),
+        )
 
     def restore(self, like, like_key: jax.Array | None = None) -> Restored | None:
         """The latest undamaged step, restored into the structure of ``like``.
@@ -169,8 +192,9 @@ class StageCheckpointer:
             step, payload = found
             self._check_shapes(step, payload, target)
             try:
-                tree = self._manager.restore(step, args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(target))).state
+                tree = self._manager.restore(
+                    step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
+                ).state
                 if fingerprint(tree) != payload["checksums"]:
                     raise DamagedCheckpoint("array checksums differ from the saved ones")
             except Exception as e:  # any read failure of a finalized step is damage
@@ -194,8 +218,9 @@ class StageCheckpointer:
     def _read_meta(self, step: int) -> dict:
         if not os.path.exists(os.path.join(self._step_dir(step), COMMIT_MARKER)):
             raise DamagedCheckpoint(f"commit marker {COMMIT_MARKER} is missing")
-        meta = self._manager.restore(step, args=ocp.args.Composite(
-            meta=ocp.args.JsonRestore())).meta
+        meta = self._manager.restore(
+            step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
+        ).meta
         if not isinstance(meta, dict) or meta.get("sha256") != _digest(meta.get("payload")):
             raise DamagedCheckpoint("meta/ content does not match its SHA-256")
         return meta["payload"]
@@ -213,17 +238,23 @@ class StageCheckpointer:
                 raise ValueError(
                     f"checkpoint {self._step_dir(step)} was written with an incompatible config: "
                     f"{'; '.join(diff[:6])}. Restore those settings, use a fresh --workdir, or "
-                    f"move {self.directory} away to restart this stage (nothing was changed)")
+                    f"move {self.directory} away to restart this stage (nothing was changed)"
+                )
             return step, payload
         return None
 
     def _check_shapes(self, step: int, payload: dict, target) -> None:
         saved, now = payload["shapes"], shapes(target)
-        diff = [f"{k}: {saved.get(k)} in the checkpoint, {now.get(k)} now"
-                for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
+        diff = [
+            f"{k}: {saved.get(k)} in the checkpoint, {now.get(k)} now"
+            for k in sorted(set(saved) | set(now))
+            if saved.get(k) != now.get(k)
+        ]
         if diff:
-            raise ValueError(f"checkpoint {self._step_dir(step)} holds other shapes than the "
-                             f"current model/optimizer: {'; '.join(diff[:5])}")
+            raise ValueError(
+                f"checkpoint {self._step_dir(step)} holds other shapes than the "
+                f"current model/optimizer: {'; '.join(diff[:5])}"
+            )
 
     def _set_aside(self, step: int, error: Exception) -> None:
         """Renames a damaged step (process 0; every process reaches this for the same step)."""
@@ -233,13 +264,23 @@ class StageCheckpointer:
         if jax.process_index() == 0:
             os.rename(src, dst)
         _barrier(f"dopd_jax.set_aside.{step}.after")
-        self._log(f"WARNING: checkpoint {src} is damaged ({type(error).__name__}: "
-                  f"{str(error)[:200]}); moved it to {dst} and using the previous one")
+        self._log(
+            f"WARNING: checkpoint {src} is damaged ({type(error).__name__}: "
+            f"{str(error)[:200]}); moved it to {dst} and using the previous one"
+        )
         self._manager.reload()
 
 
-def resume(ckpt: StageCheckpointer, run: str, state, key, stream, *, workdir: str,
-           log: Callable[[str], None] = print):
+def resume(
+    ckpt: StageCheckpointer,
+    run: str,
+    state,
+    key,
+    stream,
+    *,
+    workdir: str,
+    log: Callable[[str], None] = print,
+):
     """Restores the latest checkpoint of a stage, if any, into its state, key and stream.
 
     Metric records of ``run`` logged after the restored step are dropped from
@@ -268,8 +309,9 @@ def resume(ckpt: StageCheckpointer, run: str, state, key, stream, *, workdir: st
     return start, state, key, extra
 
 
-def drop_metrics_after(workdir: str, run: str, step: int,
-                       log: Callable[[str], None] = print) -> int:
+def drop_metrics_after(
+    workdir: str, run: str, step: int, log: Callable[[str], None] = print
+) -> int:
     """Removes ``metrics.jsonl`` records of ``run`` logged after ``step``.
 
     A resumed stage recomputes every step after the checkpoint it restored,

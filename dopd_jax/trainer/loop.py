@@ -11,6 +11,7 @@ last step, and after the step during which SIGTERM arrived (see
 ``Interrupted``. A resumed loop starts at ``start_step`` with the restored
 state, monitor and data iterator.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -18,16 +19,22 @@ import dataclasses
 import signal
 import threading
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import jax
 import optax
 
-from dopd_jax.data.batches import SFTBatch
 
-
-def make_optimizer(lr: float, warmup_steps: int, total_steps: int, *, weight_decay: float,
-                   end_lr_fraction: float, clip_norm: float):
+def make_optimizer(
+    lr: float,
+    warmup_steps: int,
+    total_steps: int,
+    *,
+    weight_decay: float,
+    end_lr_fraction: float,
+    clip_norm: float,
+):
     """AdamW with linear warm-up, cosine decay to ``lr * end_lr_fraction`` and clipping.
 
     Args:
@@ -41,8 +48,9 @@ def make_optimizer(lr: float, warmup_steps: int, total_steps: int, *, weight_dec
     end = lr * end_lr_fraction
     decay_steps = max(total_steps, warmup_steps + 1)
     if warmup_steps > 0:
-        schedule = optax.warmup_cosine_decay_schedule(0.0, lr, warmup_steps, decay_steps,
-                                                      end_value=end)
+        schedule = optax.warmup_cosine_decay_schedule(
+            0.0, lr, warmup_steps, decay_steps, end_value=end
+        )
     else:
         schedule = optax.cosine_decay_schedule(lr, decay_steps, alpha=end_lr_fraction)
     adamw = optax.adamw(schedule, weight_decay=weight_decay)
@@ -98,14 +106,18 @@ def _after_step(hooks: LoopHooks, done: int, num_steps: int, state, flush) -> No
     """Checkpoints when due (or when asked to stop), then honours the stop request."""
     stop = hooks.stop_requested()
     every = hooks.checkpoint_every
-    if hooks.checkpoint is not None and (stop or done == num_steps or (every and done % every == 0)):
+    if hooks.checkpoint is not None and (
+        stop or done == num_steps or (every and done % every == 0)
+    ):
         flush()
         hooks.checkpoint(done, state)
     if stop:
         flush()
-        hooks.warn(f"SIGTERM: stopped after step {done}"
-                   + (" and saved a checkpoint" if hooks.checkpoint else "")
-                   + "; rerun the same command to resume")
+        hooks.warn(
+            f"SIGTERM: stopped after step {done}"
+            + (" and saved a checkpoint" if hooks.checkpoint else "")
+            + "; rerun the same command to resume"
+        )
         raise Interrupted(done)
 
 
@@ -119,8 +131,9 @@ def _is_log_step(hooks: LoopHooks, step: int, num_steps: int) -> bool:
     return done % hooks.log_every == 0 or done == num_steps or _is_eval_step(hooks, done)
 
 
-def run_sft(sft_fn, state, batches: Iterator, num_steps: int, hooks: LoopHooks, *,
-            start_step: int = 0):
+def run_sft(
+    sft_fn, state, batches: Iterator, num_steps: int, hooks: LoopHooks, *, start_step: int = 0
+):
     """Runs SFT steps ``start_step .. num_steps - 1``; dispatches step n+1 before reading step n.
 
     Args:
@@ -177,8 +190,17 @@ def _distill_phases(fns, state, teachers, batch, key, timed: bool):
     return ro, state, metrics, dict(time_rollout=t_roll, time_score=t_score, time_update=t_upd)
 
 
-def run_distill(fns, state, teachers, batches: Iterator, num_steps: int, key,
-                hooks: LoopHooks, *, start_step: int = 0):
+def run_distill(
+    fns,
+    state,
+    teachers,
+    batches: Iterator,
+    num_steps: int,
+    key,
+    hooks: LoopHooks,
+    *,
+    start_step: int = 0,
+):
     """Runs the on-policy loop, logging methods.md section 9 metrics.
 
     Steps are dispatched without waiting; the host reads device values only on
@@ -216,7 +238,7 @@ def run_distill(fns, state, teachers, batches: Iterator, num_steps: int, key,
 def _log_distill(hooks: LoopHooks, done: int, state, host: dict) -> None:
     if _is_eval_step(hooks, done):
         host.update(hooks.evaluate(done, state))
-    for msg in (hooks.monitor.update(done, host) if hooks.monitor is not None else ()):
+    for msg in hooks.monitor.update(done, host) if hooks.monitor is not None else ():
         hooks.warn(msg)
         host.setdefault("warnings", 0.0)
         host["warnings"] += 1

@@ -1,10 +1,12 @@
 """Metric sinks: one JSON line per record in ``metrics.jsonl`` plus TensorBoard events."""
+
 from __future__ import annotations
 
 import json
 import math
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -41,8 +43,9 @@ class MetricWriter:
         if run not in self._tb:
             from tensorboardX import SummaryWriter  # local: optional at import time
 
-            self._tb[run] = SummaryWriter(os.path.join(self._tb_root, run.replace("/", "_")),
-                                          purge_step=self._purge.get(run))
+            self._tb[run] = SummaryWriter(
+                os.path.join(self._tb_root, run.replace("/", "_")), purge_step=self._purge.get(run)
+            )
         return self._tb[run]
 
     def write(self, run: str, step: int, metrics: Mapping[str, Any]) -> None:

@@ -1,5 +1,6 @@
 """Saving and restoring model parameters with orbax (stage outputs of a run), and the
 integrity helpers of training-state checkpoints (``train_checkpoint``)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -37,8 +38,9 @@ def load_params(path: str, like):
     meta = ck.metadata(os.path.abspath(path))
     stored = getattr(meta.item_metadata, "tree", meta.item_metadata)
     _check_tree(stored, expected, path)
-    restored = ck.restore(os.path.abspath(path),
-                          jax.tree.map(ocp.utils.to_shape_dtype_struct, expected))
+    restored = ck.restore(
+        os.path.abspath(path), jax.tree.map(ocp.utils.to_shape_dtype_struct, expected)
+    )
     out = nnx.State(like)
     nnx.replace_by_pure_dict(out, restored)
     return out
@@ -50,13 +52,17 @@ def _check_tree(stored, expected, path: str) -> None:
     missing = sorted(set(flat_e) - set(flat_s))
     extra = sorted(set(flat_s) - set(flat_e))
     if missing or extra:
-        raise ValueError(f"checkpoint {path} does not match the model: missing {missing[:5]}, "
-                         f"unexpected {extra[:5]}")
+        raise ValueError(
+            f"checkpoint {path} does not match the model: missing {missing[:5]}, "
+            f"unexpected {extra[:5]}"
+        )
     for k, e in flat_e.items():
         s = flat_s[k]
         if tuple(s.shape) != tuple(e.shape):
-            raise ValueError(f"checkpoint {path}: parameter {k} has shape {tuple(s.shape)}, "
-                             f"the model expects {tuple(e.shape)}")
+            raise ValueError(
+                f"checkpoint {path}: parameter {k} has shape {tuple(s.shape)}, "
+                f"the model expects {tuple(e.shape)}"
+            )
 
 
 def _flatten(tree, prefix="", sep="/"):
@@ -69,8 +75,11 @@ def _flatten(tree, prefix="", sep="/"):
 
 def _leaf_checksum(x: jax.Array) -> jax.Array:
     bits = x.dtype.itemsize * 8
-    words = (x.astype(jnp.uint32) if x.dtype == jnp.bool_ else
-             jax.lax.bitcast_convert_type(x, jnp.uint32 if bits == 64 else jnp.dtype(f"uint{bits}")))
+    words = (
+        x.astype(jnp.uint32)
+        if x.dtype == jnp.bool_
+        else jax.lax.bitcast_convert_type(x, jnp.uint32 if bits == 64 else jnp.dtype(f"uint{bits}"))
+    )
     words = words.astype(jnp.uint32).ravel()
     weights = jnp.arange(words.size, dtype=jnp.uint32) * jnp.uint32(2) + jnp.uint32(1)
     return jnp.sum(words * weights * jnp.uint32(2654435761), dtype=jnp.uint32)
@@ -105,5 +114,8 @@ def shapes(tree) -> dict:
 def config_mismatch(saved: dict, current: dict) -> list[str]:
     """Dotted keys whose values differ, as ``key: <saved> in the checkpoint, <current> now``."""
     a, b = dict(_flatten(saved, sep=".")), dict(_flatten(current, sep="."))
-    return [f"{k}: {a.get(k, '<absent>')!r} in the checkpoint, {b.get(k, '<absent>')!r} now"
-            for k in sorted(set(a) | set(b)) if a.get(k, "<absent>") != b.get(k, "<absent>")]
+    return [
+        f"{k}: {a.get(k, '<absent>')!r} in the checkpoint, {b.get(k, '<absent>')!r} now"
+        for k in sorted(set(a) | set(b))
+        if a.get(k, "<absent>") != b.get(k, "<absent>")
+    ]

@@ -9,9 +9,18 @@ domain, split and index), so the training stream is infinite and needs no
 files; ``python -m dopd_jax.data.prepare --source arith`` writes a finite
 sample as a TFDS dataset when one is wanted.
 """
-from dopd_jax.data.generated.tasks import (DOMAINS, PRIVILEGED_FORMS, SPLITS, draw,
-                                           extract_answer, generate, get_domain, split_of,
-                                           verify)
+
+from dopd_jax.data.generated.tasks import (
+    DOMAINS,
+    PRIVILEGED_FORMS,
+    SPLITS,
+    draw,
+    extract_answer,
+    generate,
+    get_domain,
+    split_of,
+    verify,
+)
 
 SFT_FORMS = ("hints", "exec_hints", "answer")  # privileged forms shown during SFT
 
@@ -37,5 +46,16 @@ def corpus_for_tokenizer(domains, n: int, seed: int) -> list[str]:
     return texts
 
 
-__all__ = ["DOMAINS", "PRIVILEGED_FORMS", "SFT_FORMS", "SPLITS", "corpus_for_tokenizer", "draw",
-           "extract_answer", "generate", "get_domain", "split_of", "verify"]
+__all__ = [
+    "DOMAINS",
+    "PRIVILEGED_FORMS",
+    "SFT_FORMS",
+    "SPLITS",
+    "corpus_for_tokenizer",
+    "draw",
+    "extract_answer",
+    "generate",
+    "get_domain",
+    "split_of",
+    "verify",
+]
