@@ -158,3 +158,15 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
         raise ValueError(f"{path} not found: {workdir} is not an experiment workdir")
     with open(path) as f:
         return ml_collections.ConfigDict(json.load(f))
+
+
+def load_experiment(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
+    """``get_config(arg)`` of the experiment module at ``path`` (as ``--config path:arg``)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
+    if spec is None or not os.path.exists(path):
+        raise ValueError(f"experiment module {path} not found")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
