@@ -22,7 +22,7 @@ import optax
 from flax import nnx
 
 from dopd_jax import steps
-from dopd_jax.methods import LossConfig, get_method
+from dopd_jax.methods import get_method
 from dopd_jax.models import ModelConfig, Transformer
 from dopd_jax.steps import rollout as rollout_lib
 
@@ -74,15 +74,22 @@ def bench(repeats: int, batch_prompts: int = 16, n_samples: int = 4) -> dict:
     opt = optax.adamw(1e-4)
     out = {"devices": str(jax.devices()), "rows": batch_prompts * n_samples, "new_tokens": T}
     for name in ("opd", "dopd"):
-        spec = steps.DistillSpec(get_method(name), LossConfig(top_k=16), sampler, log_passes=())
-        fns = steps.make_distill_fns(gs, gt, opt, spec)
+        method = get_method(name)
+        cfg = method.make_config({"top_k": 16} if name == "dopd" else {})
+        spec = steps.DistillSpec(method, cfg, sampler, log_passes=(), diag_top_k=16)
+        graphdefs, teachers = {"student": gs, "teacher": gt}, {"teacher": pt}
+        fns = steps.make_distill_fns(graphdefs, opt, spec)
         state = steps.init_state(jax.tree.map(jnp.copy, ps), opt, keep_ref=False)
         key = jax.random.key(0)
         ro = fns.rollout(state, batch, key)
-        targets = fns.score(state, pt, batch, ro)
+        targets = fns.score(state, teachers, batch, ro)
         out[f"{name}_rollout_s"] = _median_time(lambda: fns.rollout(state, batch, key), repeats)
-        out[f"{name}_score_s"] = _median_time(lambda: fns.score(state, pt, batch, ro), repeats)
-        upd = jax.jit(lambda s, r, t: steps.update_step(gs, opt, spec, s, r, t))  # no donation
+        out[f"{name}_score_s"] = _median_time(
+            lambda: fns.score(state, teachers, batch, ro), repeats
+        )
+        upd = jax.jit(
+            lambda s, r, t: steps.update_step(graphdefs, opt, spec, s, r, t)
+        )  # no donation
         out[f"{name}_update_s"] = _median_time(lambda: upd(state, ro, targets), repeats)
         out[f"{name}_step_s"] = sum(out[f"{name}_{p}_s"] for p in ("rollout", "score", "update"))
     out["sampler_tokens_per_s"] = out["rows"] * T / out["opd_rollout_s"]

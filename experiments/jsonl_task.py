@@ -39,6 +39,7 @@ def get_config(arg=None):
     c.teacher.max_len = c.student.max_len = 192
     c.distill.max_new_tokens = 64
     c.distill.methods = ("opd", "privt", "opsd", "dopd")
+    c.eval.avg_k = 4  # sampled avg@4 per evaluation set, next to greedy accuracy
     if arg == "smoke":
         config_lib.shrink_to_smoke(c)
         c.distill.methods = ("opd", "dopd")

@@ -89,6 +89,8 @@ def test_jsonl_experiment_runs_end_to_end(jsonl_files, tmp_path):
     results = json.loads((tmp_path / "results.json").read_text())
     assert set(results["methods"]) == {"opd", "dopd"}
     assert 0.0 <= results["methods"]["dopd"]["acc_test"] <= 1.0
+    assert 0.0 <= results["methods"]["dopd"]["avg4_test"] <= 1.0  # sampled avg@4
+    assert "test@4%" in proc.stdout
     assert (tmp_path / "data" / "jsonl_task").is_dir()  # read back through TFDS + grain
     assert read_metrics(str(tmp_path), "distill/dopd")[-1]["frac_HS"] >= 0.0
 

@@ -33,8 +33,13 @@ def _acc_columns(results: dict) -> list[str]:
 
 
 def _title(key: str) -> str:
-    name = key.split("_", 1)[1] if key.startswith("acc_") else key
-    return f"{name}%"
+    """``acc_test`` -> ``test%``; ``avg4_test`` -> ``test@4%``."""
+    prefix, name = key.split("_", 1)
+    return f"{name}%" if prefix == "acc" else f"{name}@{prefix[len('avg') :]}%"
+
+
+def _width(key: str) -> int:
+    return max(6, len(_title(key)))
 
 
 def format_table(results: dict) -> str:
@@ -47,19 +52,19 @@ def format_table(results: dict) -> str:
     cols = _acc_columns(results)
     head = (
         f"{'model':<22} "
-        + " ".join(f"{_title(c):>6}" for c in cols)
+        + " ".join(f"{_title(c):>{_width(c)}}" for c in cols)
         + " "
         + " ".join(f"{t:>{w}}" for t, w, _ in METRIC_COLUMNS)
         + f" {'time s':>7}  regimes (DOPD)"
     )
     lines = [head, "-" * len(head)]
     for name, ref in results.get("references", {}).items():
-        accs = " ".join(f"{_pct(ref.get(c)):>6}" for c in cols)
+        accs = " ".join(f"{_pct(ref.get(c)):>{_width(c)}}" for c in cols)
         dashes = " ".join(f"{'-':>{w}}" for _, w, _ in METRIC_COLUMNS)
         lines.append(f"{name:<22} {accs} {dashes} {'-':>7}  -")
     for name, r in results.get("methods", {}).items():
         f = r.get("final", {})
-        accs = " ".join(f"{_pct(r.get(c)):>6}" for c in cols)
+        accs = " ".join(f"{_pct(r.get(c)):>{_width(c)}}" for c in cols)
         metrics = " ".join(f"{_num(f.get(key)):>{w}}" for _, w, key in METRIC_COLUMNS)
         lines.append(
             f"{r.get('label') or name:<22} {accs} {metrics} "
