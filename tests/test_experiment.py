@@ -204,3 +204,19 @@ def test_mesh_that_does_not_fit_is_refused(tmp_path):
     proc = _run(tmp_path, "--config.mesh.data=3", timeout=120)
     assert proc.returncode != 0
     assert "config.mesh" in proc.stderr and "does not match" in proc.stderr
+
+
+def test_models_restored_from_a_previous_workdir(smoke_run, tmp_path):
+    workdir, _ = smoke_run
+    proc = _run(
+        tmp_path,
+        f"--config.teacher.source=workdir:{workdir}",
+        f"--config.student.source=workdir:{workdir}",
+        "--config.distill.methods=('opd',)",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not (tmp_path / "ckpt" / "teacher").exists()  # nothing SFT-trained here
+    refs = [json.loads((w / "references.json").read_text()) for w in (workdir, tmp_path)]
+    assert refs[0] == refs[1]
+    bad = _run(tmp_path / "b", "--config.teacher.source=workdir:/no/such/run", timeout=120)
+    assert bad.returncode != 0 and "not a finished experiment workdir" in bad.stderr
