@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import ml_collections
 
 from dopd_jax.methods import pass_from_name
@@ -70,6 +72,15 @@ def _validate_model(key: str, m: ModelSpec) -> None:
         f"must be one of {MODEL_SOURCES}, got {m.source!r} (hf:PATH comes with Hugging "
         "Face checkpoints)",
     )
+    if m.source.startswith("workdir:"):
+        root = m.source[len("workdir:") :]
+        needed = ("config.json", "tokenizer.model", m.name)
+        missing = [n for n in needed if not os.path.exists(os.path.join(root, n))]
+        _check(
+            not missing,
+            f"{key}.source",
+            f"{root} is not a finished experiment workdir (missing {missing})",
+        )
     _check(m.checkpoint_every >= 0, f"{key}.checkpoint_every", "must be >= 0 (0 = only at the end)")
     _check(0 <= m.p_dropout <= 1, f"{key}.p_dropout", "must be in [0, 1]")
     _check(m.steps >= 1, f"{key}.steps", "must be >= 1")
