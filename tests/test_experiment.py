@@ -92,12 +92,16 @@ def test_smoke_writes_results_and_metrics(smoke_run):
     for r in results["methods"].values():
         assert 0.0 <= r["acc_test"] <= 1.0 and 0.0 <= r["acc_hard"] <= 1.0
         assert r["wall_time_s"] > 0
+    # The frozen privileged student the routing used is evaluated too (not the live one).
+    assert "acc_ref_priv" in results["methods"]["dopd_frozen"]
+    assert "acc_ref_priv" not in results["methods"]["dopd"]
     for method in RUNS:
         rows = read_metrics(str(workdir), f"distill/{method}")
         assert len(rows) == 2  # steps 2 and 4 of the smoke config
         missing = STEP_KEYS - set(rows[-1])
         assert not missing, (method, missing)
         assert "eval_acc" in rows[-1] and "eval_priv_acc" in rows[-1]
+        assert ("eval_ref_priv_acc" in rows[-1]) == (method in ("opsd", "dopd_frozen"))
     dopd = read_metrics(str(workdir), "distill/dopd")[-1]
     assert not DOPD_KEYS - set(dopd)
     fracs = sum(dopd[f"frac_{r}"] for r in ("LH", "LL", "HT", "HS"))

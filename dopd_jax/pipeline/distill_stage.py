@@ -276,6 +276,9 @@ def distill_stage(
                 start_step=start,
             )
     result = full_eval(ctx, dataclasses.replace(student, params=state.params), sampler)
+    if spec.ref_update != "none":  # the frozen / EMA privileged student the routing used
+        first = next(iter(ctx.eval_sets.values()))
+        result["acc_ref_priv"] = accuracy(ctx, sampler, state.ref_params, first, True)["acc"]
     result["final"] = _summarize(history)
     result["warnings"] = [] if monitor is None else sorted(monitor.raised)
     result["method"] = run.method.name
