@@ -208,6 +208,51 @@ def _monitor(run: RunSpec, saved: dict | None):
     return monitor if saved is None else type(monitor).from_state(saved)
 
 
+def _run_loop(
+    ctx: Context,
+    run: RunSpec,
+    spec: DistillSpec,
+    teacher: Model,
+    student: Model,
+    sampler,
+    writer,
+    progress,
+):
+    """Resumes (or starts) and runs the distillation loop; returns (state, history, monitor)."""
+    name, seed = f"distill/{run.name}", ctx.spec.seed
+    with stage_checkpointer(ctx, name, _resume_config(ctx, run, teacher, student)) as ckpt:
+        opt = make_optimizer(run.optim)
+        stream = ctx.task.train(run.batch_prompts, seed + DISTILL_SEED)
+        # New buffers (the update donates its state; student.params stays valid).
+        keep_ref = spec.ref_update != "none"
+        init = sharding.init_state_sharded(student.params, opt, ctx.mesh, keep_ref=keep_ref)
+        key = jax.random.key(seed + KEY_SEED)
+        start, state, key, extra = checkpoints.resume(
+            ckpt, name, init, key, stream, workdir=ctx.workdir, log=ctx.log
+        )
+        writer.resume(name, start)
+        progress.skip(start)
+        history, monitor = list(extra.get("history", [])), _monitor(run, extra.get("monitor"))
+
+        def save(step, st):
+            monitor_state = None if monitor is None else monitor.state()
+            extra = {"stream": stream.get_state(), "history": history, "monitor": monitor_state}
+            ckpt.save(step, st, key, extra)
+
+        hooks = _hooks(ctx, run, spec, sampler, writer, progress, history, monitor, save)
+        teachers = {"teacher": teacher.params}
+        graphdefs = {"student": student.graphdef, "teacher": teacher.graphdef}
+        shardings = sharding.step_shardings(ctx.mesh, opt, state, teachers)
+        fns = make_distill_fns(graphdefs, opt, spec, shardings)
+        with loop.sigterm_flag() as stop:
+            hooks.stop_requested = stop
+            batches = distill_batches(ctx, stream)
+            state = loop.run_distill(
+                fns, state, teachers, batches, run.steps, key, hooks, start_step=start
+            )
+    return state, history, monitor
+
+
 def distill_stage(
     ctx: Context, run: RunSpec, teacher: Model, student: Model, writer, progress
 ) -> dict:
@@ -219,70 +264,15 @@ def distill_stage(
     check_vocab(teacher.config, student.config)
     spec = make_spec(run, ctx.tok)
     progress.stage(f"distill/{run.name}")
-    seed = ctx.spec.seed
-    with stage_checkpointer(
-        ctx, f"distill/{run.name}", _resume_config(ctx, run, teacher, student)
-    ) as ckpt:
-        opt = make_optimizer(run.optim)
-        stream = ctx.task.train(run.batch_prompts, seed + DISTILL_SEED)
-        # New buffers (the update donates its state; student.params stays valid).
-        init = sharding.init_state_sharded(
-            student.params, opt, ctx.mesh, keep_ref=spec.ref_update != "none"
-        )
-        start, state, key, extra = checkpoints.resume(
-            ckpt,
-            f"distill/{run.name}",
-            init,
-            jax.random.key(seed + KEY_SEED),
-            stream,
-            workdir=ctx.workdir,
-            log=ctx.log,
-        )
-        writer.resume(f"distill/{run.name}", start)
-        progress.skip(start)
-        history, monitor = list(extra.get("history", [])), _monitor(run, extra.get("monitor"))
-        sampler = eval_sampler(ctx, student.graphdef)
-
-        def save(step, st):
-            ckpt.save(
-                step,
-                st,
-                key,
-                {
-                    "stream": stream.get_state(),
-                    "history": history,
-                    "monitor": None if monitor is None else monitor.state(),
-                },
-            )
-
-        hooks = _hooks(ctx, run, spec, sampler, writer, progress, history, monitor, save)
-        teachers = {"teacher": teacher.params}
-        fns = make_distill_fns(
-            {"student": student.graphdef, "teacher": teacher.graphdef},
-            opt,
-            spec,
-            sharding.step_shardings(ctx.mesh, opt, state, teachers),
-        )
-        with loop.sigterm_flag() as stop:
-            hooks.stop_requested = stop
-            state = loop.run_distill(
-                fns,
-                state,
-                teachers,
-                distill_batches(ctx, stream),
-                run.steps,
-                key,
-                hooks,
-                start_step=start,
-            )
+    sampler = eval_sampler(ctx, student.graphdef)
+    state, history, monitor = _run_loop(ctx, run, spec, teacher, student, sampler, writer, progress)
     result = full_eval(ctx, dataclasses.replace(student, params=state.params), sampler)
     if spec.ref_update != "none":  # the frozen / EMA privileged student the routing used
         first = next(iter(ctx.eval_sets.values()))
         result["acc_ref_priv"] = accuracy(ctx, sampler, state.ref_params, first, True)["acc"]
     result["final"] = _summarize(history)
     result["warnings"] = [] if monitor is None else sorted(monitor.raised)
-    result["method"] = run.method.name
-    result["label"] = run.label
+    result.update(method=run.method.name, label=run.label)
     return result
 
 
