@@ -42,6 +42,11 @@ class ModelConfig:
     norm_eps: float = 1e-6
     param_dtype: str = "float32"
     dtype: str = "float32"
+    # Ids the tokenizer can produce. Real checkpoints pad the embedding past the
+    # tokenizer (Qwen3: 151,936 rows, 151,669 tokens); with ``valid_vocab_size`` set,
+    # logits cover only ids < valid_vocab_size, so samplers never emit a padded id
+    # and every loss normalises over the same real vocabulary. None: all rows.
+    valid_vocab_size: int | None = None
 
     def validate(self) -> None:
         """Raises ValueError naming the first inconsistent field."""
@@ -69,6 +74,12 @@ class ModelConfig:
                 "ModelConfig.rope_theta and norm_eps must be positive, "
                 f"got {self.rope_theta!r}, {self.norm_eps!r}"
             )
+        valid = self.valid_vocab_size
+        if valid is not None and not (isinstance(valid, int) and 1 <= valid <= self.vocab_size):
+            raise ValueError(
+                f"ModelConfig.valid_vocab_size={valid!r} must be an int in [1, vocab_size="
+                f"{self.vocab_size}]"
+            )
         for name in ("param_dtype", "dtype"):
             if getattr(self, name) not in _DTYPES:
                 raise ValueError(
@@ -82,6 +93,11 @@ class ModelConfig:
     @property
     def params_dtype(self):
         return _DTYPES[self.param_dtype]
+
+    @property
+    def logit_vocab_size(self) -> int:
+        """V of the logits: the real vocabulary (``valid_vocab_size``) or every row."""
+        return self.vocab_size if self.valid_vocab_size is None else self.valid_vocab_size
 
 
 @jax.tree_util.register_dataclass
@@ -167,11 +183,18 @@ class Transformer(nnx.Module):
         return self.final_norm(x_BLD)
 
     def logits(self, h_BTD: jax.Array) -> jax.Array:
-        """Projects hidden states to logits [B, T, V] in the compute dtype."""
+        """Projects hidden states to logits [B, T, V] in the compute dtype.
+
+        V is ``cfg.logit_vocab_size``: padded embedding rows are never projected.
+        """
+        v = self.cfg.logit_vocab_size
         if self.cfg.tie_embeddings:
-            table_VD = self.embed.embedding[...].astype(h_BTD.dtype)
+            table_VD = self.embed.embedding[:v].astype(h_BTD.dtype)
             return jnp.einsum("btd,vd->btv", h_BTD, table_VD)
-        return self.lm_head(h_BTD)
+        if v == self.cfg.vocab_size:
+            return self.lm_head(h_BTD)
+        kernel_DV = self.lm_head.kernel[:, :v].astype(h_BTD.dtype)
+        return jnp.einsum("btd,dv->btv", h_BTD, kernel_DV)
 
     def __call__(self, tokens_BL, *, positions_BL=None, mask_BL=None):
         """Full causal forward.

@@ -95,11 +95,14 @@ def distill_batches(ctx: Context, stream):
 
 
 def check_vocab(teacher_cfg, student_cfg) -> None:
-    """Teacher and student must share a vocabulary (ids index the same tokens)."""
-    if teacher_cfg.vocab_size != student_cfg.vocab_size:
+    """Teacher and student must share a vocabulary (ids index the same tokens).
+
+    Compared on the logits' vocabulary: checkpoints may pad their embeddings
+    differently past the tokenizer's ids."""
+    if teacher_cfg.logit_vocab_size != student_cfg.logit_vocab_size:
         raise ValueError(
-            f"teacher vocab_size {teacher_cfg.vocab_size} != student vocab_size "
-            f"{student_cfg.vocab_size}: distillation needs one shared vocabulary"
+            f"teacher vocabulary {teacher_cfg.logit_vocab_size} != student vocabulary "
+            f"{student_cfg.logit_vocab_size}: distillation needs one shared vocabulary"
         )
 
 
