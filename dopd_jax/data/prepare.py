@@ -4,13 +4,16 @@
         [--n_train 5000 --n_test 500 --seed 0 --misleading_fraction 0.1]
     python -m dopd_jax.data.prepare --source jsonl --train T.jsonl --test E.jsonl \\
         [--test2 E2.jsonl ...] --name mine --data_dir D
+    python -m dopd_jax.data.prepare --source gsm8k --manual_dir DIR --name gsm8k --data_dir D
 
 Why a separate step: generating (or parsing and normalising) the data once and
 freezing it on disk makes every run read the same records, lets a run resume
 from a grain iterator state over a fixed record count, and keeps data errors
 out of the training job. Generated sources write the splits ``train``,
 ``test`` and ``hard``; ``jsonl`` writes ``train``, ``test`` and one more eval
-split per extra ``--<split> FILE`` flag, named after the flag. ``prepare(argv)``
+split per extra ``--<split> FILE`` flag, named after the flag; ``gsm8k`` reads
+``train.jsonl`` / ``test.jsonl`` of a local GSM8K copy in ``--manual_dir``
+(``dopd_jax.data.builders.gsm8k``) into ``train`` and ``test``. ``prepare(argv)``
 is what ``main`` runs, so tests call it in-process; errors leave ``main`` as
 one line on stderr (exit status 1), without a traceback.
 """
@@ -28,7 +31,7 @@ from dopd_jax.data.example import Example
 
 GENERATED = ("arith", "sort", "linear")
 GENERATED_SPLITS = ("train", "test", "hard")
-SOURCES = GENERATED + ("jsonl",)
+SOURCES = GENERATED + ("jsonl", "gsm8k")
 _GENERATED_FLAGS = {"n_train": 5000, "n_test": 500, "seed": 0, "misleading_fraction": 0.0}
 _SPLIT_FLAG = re.compile(r"^--([a-z][a-z0-9_]*)(?:=(.*))?$")
 
@@ -51,6 +54,7 @@ def _parser() -> _Parser:
     parser.add_argument("--data_dir", required=True, help="TFDS data directory")
     parser.add_argument("--train", help="jsonl: the training file")
     parser.add_argument("--test", help="jsonl: the evaluation file")
+    parser.add_argument("--manual_dir", help="gsm8k: the directory of train.jsonl, test.jsonl")
     parser.add_argument("--n_train", type=int, help="generated: train examples (5000)")
     parser.add_argument("--n_test", type=int, help="generated: test and hard examples (500)")
     parser.add_argument("--seed", type=int, help="generated: data seed (0)")
@@ -101,6 +105,19 @@ def _jsonl_splits(args: argparse.Namespace, rest: Sequence[str]) -> dict[str, li
     from dopd_jax.data import jsonl  # pylint: disable=import-outside-toplevel
 
     return {split: jsonl.read_jsonl(path) for split, path in files.items()}
+
+
+def _gsm8k_splits(args: argparse.Namespace, rest: Sequence[str]) -> dict[str, list[Example]]:
+    """The train/test splits of ``--source gsm8k`` from ``--manual_dir``."""
+    flags = (*_GENERATED_FLAGS, "train", "test")
+    given = [f"--{flag}" for flag in flags if getattr(args, flag) is not None]
+    if given or rest:
+        raise ValueError(f"--source gsm8k takes only --manual_dir, got {[*given, *rest]}")
+    if args.manual_dir is None:
+        raise ValueError("--source gsm8k needs --manual_dir DIR (holding train.jsonl, test.jsonl)")
+    from dopd_jax.data.builders import gsm8k  # pylint: disable=import-outside-toplevel
+
+    return gsm8k.gsm8k_splits(args.manual_dir)
 
 
 def _generate_fn() -> Callable[..., list[Any]]:
@@ -202,8 +219,12 @@ def prepare(argv: Sequence[str]) -> str:
         without ``--overwrite``; the message names it.
     """
     args, rest = _parser().parse_known_args(list(argv))
+    if args.manual_dir is not None and args.source != "gsm8k":
+        raise ValueError(f"--manual_dir is for --source gsm8k, not --source {args.source}")
     if args.source == "jsonl":
         splits = _jsonl_splits(args, rest)
+    elif args.source == "gsm8k":
+        splits = _gsm8k_splits(args, rest)
     else:
         splits = _generated_splits(args, rest)
     from dopd_jax.data import tfds_io  # pylint: disable=import-outside-toplevel
