@@ -1,7 +1,9 @@
 """Examples -> fixed-shape NumPy batches (host side, no JAX).
 
 Segments x, p, y are tokenized separately and their ids concatenated
-(methods.md section 1), so y has the same ids under every prefix. Shapes are
+(methods.md section 1), so y has the same ids under every prefix. With a chat
+template (``tok.chat``) the prefix x (+ p) is the rendered conversation and y
+still follows it as its own segment. Shapes are
 fixed by the ``max_*`` arguments, not by the batch content, so jitted
 consumers compile once. Special ids (BOS, EOS, PAD) come from the tokenizer;
 a tokenizer without BOS (``bos_id is None``) starts sequences with x.
@@ -50,13 +52,21 @@ def domain_ids(examples: Sequence[Example], domains: Sequence[str]) -> np.ndarra
     return np.array([index[ex.domain] for ex in examples], np.int32)
 
 
+def prefix_ids(tok, x: str, p: str = "") -> list[int]:
+    """Ids of the prefix ``x`` (+ ``p``): ``[BOS] ids(x) ids(p)``, or, when the tokenizer
+    carries a chat format (``tok.chat``, ``models.chat.ChatFormat``), the ids of the
+    rendered conversation up to the assistant's turn (special tokens come from it)."""
+    chat = getattr(tok, "chat", None)
+    if chat is not None:
+        return tok.encode(chat.render(x, p))
+    return _bos(tok) + tok.encode(x) + (tok.encode(p) if p else [])
+
+
 def prompt_ids(ex: Example, tok, form: str) -> tuple[list[int], list[int]]:
-    """``([BOS] ids(x), [BOS] ids(x) ids(p))`` of one example."""
-    x = tok.encode(ex.prompt)
-    if not x:
+    """``(ids of the prefix x, ids of the prefix x + p)`` of one example."""
+    if not tok.encode(ex.prompt):
         raise ValueError(f"the prompt {ex.prompt!r} encodes to no token")
-    prompt = _bos(tok) + x
-    return prompt, prompt + tok.encode(ex.p(form))
+    return prefix_ids(tok, ex.prompt), prefix_ids(tok, ex.prompt, ex.p(form))
 
 
 def encode_prompts(
@@ -111,8 +121,7 @@ def sft_ids(ex: Example, tok, p_text: str) -> tuple[list[int], list[int]]:
     y_text = ex.target(bool(p_text))
     if y_text is None:
         raise ValueError(f"example {ex.prompt[:60]!r} has no response to train on")
-    prefix = _bos(tok) + tok.encode(ex.prompt) + tok.encode(p_text)
-    return prefix, tok.encode(y_text) + [tok.eos_id]
+    return prefix_ids(tok, ex.prompt, p_text), tok.encode(y_text) + [tok.eos_id]
 
 
 def encode_sft(

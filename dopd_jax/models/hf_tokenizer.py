@@ -10,6 +10,7 @@ absent (Qwen3 has none), in which case ``bos_id`` is None.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from collections.abc import Sequence
@@ -82,6 +83,32 @@ class HFTokenizer:
                 )
         unk = getattr(tok.model, "unk_token", None)
         self.unk_id = tok.token_to_id(unk) if unk else None
+        self.chat = None  # a models.chat.ChatFormat once with_chat() is called
+
+    def with_chat(self, chat) -> HFTokenizer:
+        """A copy whose prefixes x (+ p) are rendered with ``chat`` (``data.encode``)."""
+        out = copy.copy(self)
+        out.chat = chat
+        return out
+
+    def special_tokens(self) -> tuple[tuple[str, str], ...]:
+        """``(("bos_token", text), ("eos_token", text), ...)`` for chat templates."""
+        out = []
+        for role in _ROLES:
+            i = getattr(self, f"{role}_id")
+            if i is not None:
+                out.append((f"{role}_token", self._tok.id_to_token(i)))
+        return tuple(out)
+
+    def probe(self) -> dict:
+        """What two tokenizers must agree on to share one vocabulary: size, special ids,
+        and the ids of a probe text."""
+        text = "Probe: 12 + 30 = 42; x^2 (mod 7) -> 'ok'\n\tÜber naïve 東京"
+        return {
+            "vocab_size": self.vocab_size,
+            **{f"{role}_id": getattr(self, f"{role}_id") for role in _ROLES},
+            "probe_ids": self._tok.encode(text, add_special_tokens=False).ids,
+        }
 
     @classmethod
     def from_file(cls, path: str, *, eos_token=None, pad_token=None, bos_token=None) -> HFTokenizer:
