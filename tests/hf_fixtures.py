@@ -94,7 +94,10 @@ def write_model(directory, *, rows, d_model=32, layers=2, tied=True, kind="qwen3
     import torch
     import transformers
 
-    classes = {"qwen3": ("Qwen3Config", "Qwen3ForCausalLM"), "llama": ("LlamaConfig", "LlamaForCausalLM")}
+    classes = {
+        "qwen3": ("Qwen3Config", "Qwen3ForCausalLM"),
+        "llama": ("LlamaConfig", "LlamaForCausalLM"),
+    }
     config_cls, model_cls = (getattr(transformers, n) for n in classes[kind])
     config = config_cls(
         vocab_size=rows,

@@ -249,3 +249,29 @@ def test_shape_errors_raise_before_compile(split):
             jnp.ones((2, 3), bool),
             jnp.ones((3, 4), jnp.int32),
         )
+
+
+def test_chunked_rollout_has_sample_row_order_and_per_chunk_keys(split):
+    """Chunk c samples prompts c, c + C, ... with fold_in(key, c); rows come back in
+    ``sample``'s order (row i * n + j = sample j of prompt i)."""
+    graphdef, params = split
+    cfg = dataclasses.replace(BASE, n_samples=2)
+    prompt, mask = _prompts((3, 6, 4, 5, 2, 6), 6)
+    key = jax.random.key(7)
+    ro = rollout.sample_in_chunks(graphdef, params, prompt, mask, key, cfg, prompts_per_call=2)
+    chunks = 3
+    for c in range(chunks):
+        rows = np.arange(c, 6, chunks)
+        ref = rollout.sample(
+            graphdef, params, prompt[rows], mask[rows], jax.random.fold_in(key, c), cfg
+        )
+        out_rows = (rows[:, None] * 2 + np.arange(2)).ravel()
+        for field in ("tokens_BT", "mask_BT", "prompt_BP", "truncated_B"):
+            np.testing.assert_array_equal(
+                np.asarray(getattr(ro, field))[out_rows], np.asarray(getattr(ref, field))
+            )
+    whole = rollout.sample_in_chunks(graphdef, params, prompt, mask, key, cfg, prompts_per_call=0)
+    direct = rollout.sample(graphdef, params, prompt, mask, key, cfg)
+    np.testing.assert_array_equal(np.asarray(whole.tokens_BT), np.asarray(direct.tokens_BT))
+    with pytest.raises(ValueError, match="does not divide"):
+        rollout.sample_in_chunks(graphdef, params, prompt, mask, key, cfg, prompts_per_call=4)

@@ -151,7 +151,7 @@ def hf_name(path: tuple[str, ...]) -> str:
     return ".".join(parts + ["weight"])
 
 
-def _abstract(cfg: ModelConfig):
+def abstract_params(cfg: ModelConfig):
     """(graphdef, [(path, abstract Param)]) without allocating any array."""
     graphdef, state = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))))
     return graphdef, list(nnx.to_flat_state(state))
@@ -161,7 +161,7 @@ def _hf_shape(path, shape) -> tuple[int, ...]:
     return tuple(reversed(shape)) if path[-1] == "kernel" else tuple(shape)
 
 
-def _check_tensors(cfg, params, tensors, where: str) -> None:
+def check_tensors(cfg, params, tensors, where: str) -> None:
     """Raises ValueError on a missing, unexpected or misshaped tensor."""
     expected = {hf_name(tuple(map(str, p))): _hf_shape(p, v.shape) for p, v in params}
     missing = sorted(expected.keys() - tensors.keys())
@@ -243,9 +243,9 @@ def load_hf(
     }
     cfg = dataclasses.replace(cfg, **overrides)
     cfg.validate()
-    graphdef, params = _abstract(cfg)
+    graphdef, params = abstract_params(cfg)
     tensors = checkpoint_tensors(path)
-    _check_tensors(cfg, params, tensors, checkpoint_source(path))
+    check_tensors(cfg, params, tensors, checkpoint_source(path))
     filled = []
     for p, var in params:
         key = tuple(map(str, p))
@@ -282,7 +282,7 @@ def save_hf(model_or_params, model_config: ModelConfig, path: str) -> None:
     """
     hf_config = config_to_hf(model_config)
     given = _flat_params(model_or_params)
-    _, params = _abstract(model_config)
+    _, params = abstract_params(model_config)
     expected = {tuple(map(str, p)): v for p, v in params}
     wrong = sorted(expected.keys() ^ given.keys())
     if wrong:

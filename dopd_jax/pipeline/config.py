@@ -97,8 +97,21 @@ def base_config() -> ml_collections.ConfigDict:
         name="",
     )
     # SentencePiece trained on the task's texts; hard_vocab_limit=False: vocab_size is a cap.
-    c.tokenizer = dict(vocab_size=64, hard_vocab_limit=True)
-    # Model sources: "scratch" (build + SFT below) or "workdir:PATH" (a previous run's).
+    # With an hf:PATH model the checkpoint's tokenizer.json is used instead (path: its
+    # directory, default the student's); chat_template "checkpoint" renders x and x + p
+    # with the checkpoint's template, p placed per p_position (user_end | user_start |
+    # system), with template_variables in scope (Qwen3's non-thinking mode below).
+    c.tokenizer = dict(
+        vocab_size=64,
+        hard_vocab_limit=True,
+        path="",
+        chat_template="none",
+        p_position="user_end",
+        p_separator="\n\n",
+        template_variables=dict(enable_thinking=False),
+    )
+    # Model sources: "scratch" (build + SFT below), "workdir:PATH" (a previous run's) or
+    # "hf:PATH" (a Hugging Face checkpoint; of model, only param_dtype and dtype apply).
     c.teacher = _sft_stage(model_config(96, 3, 4, 2, 256), 1200, **_optim(3e-3, 50))
     # 800 warm-up steps leave the student at ~10% test accuracy (~34% given p):
     # weak enough to need the teacher, strong enough that p is usable.
@@ -122,6 +135,14 @@ def base_config() -> ml_collections.ConfigDict:
         eval_n=200,
         checkpoint_every=100,
         log_passes=("teacher", "priv_teacher"),
+        # num_microbatches > 1 or remat: the fused micro-batched score + update step
+        # (steps.microbatch); rollout_batch: prompts per sampler call (0 = all).
+        num_microbatches=1,
+        remat=False,
+        rollout_batch=0,
+        # Per-device memory limit (GB) checked against the compiled steps where the
+        # device reports none (CPU); 0 = no check there.
+        memory_budget_gb=0.0,
         # Named variants usable in ``methods``: a method plus overrides of its config
         # (``method_args``) or of distill fields.
         variants=dict(

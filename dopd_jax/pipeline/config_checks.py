@@ -7,9 +7,12 @@ import os
 import ml_collections
 
 from dopd_jax.methods import pass_from_name
+from dopd_jax.models.chat import P_POSITIONS
+from dopd_jax.pipeline import hf_models
 from dopd_jax.pipeline.specs import ExperimentSpec, ModelSpec, RunSpec, experiment_spec
 
-MODEL_SOURCES = ("scratch", "workdir:PATH")
+MODEL_SOURCES = ("scratch", "workdir:PATH", "hf:PATH")
+CHAT_TEMPLATES = ("none", "checkpoint")
 
 
 def _check(cond: bool, key: str, msg: str) -> None:
@@ -61,16 +64,45 @@ def validate(c: ml_collections.ConfigDict) -> ExperimentSpec:
         "must be in [0, 1)",
     )
     _check(spec.eval.avg_k >= 0, "eval.avg_k", f"must be >= 0, got {spec.eval.avg_k}")
+    _validate_tokenizer(spec)
     _validate_mesh(spec)
+    hf_models.check_sources(spec)  # checkpoint files, tokenizer, shared vocabulary
     return spec
+
+
+def _validate_tokenizer(spec: ExperimentSpec) -> None:
+    t = spec.tokenizer
+    _check(
+        t.chat_template in CHAT_TEMPLATES,
+        "tokenizer.chat_template",
+        f"must be one of {CHAT_TEMPLATES}, got {t.chat_template!r}",
+    )
+    _check(
+        t.p_position in P_POSITIONS,
+        "tokenizer.p_position",
+        f"must be one of {P_POSITIONS}, got {t.p_position!r}",
+    )
+    _check(
+        t.chat_template == "none" or bool(spec.hf_models()),
+        "tokenizer.chat_template",
+        "'checkpoint' needs a model with an hf:PATH source",
+    )
 
 
 def _validate_model(key: str, m: ModelSpec) -> None:
     _check(
-        m.source == "scratch" or m.source.startswith("workdir:"),
+        m.source == "scratch" or m.source.startswith(("workdir:", "hf:")),
         f"{key}.source",
-        f"must be one of {MODEL_SOURCES}, got {m.source!r} (hf:PATH comes with Hugging "
-        "Face checkpoints)",
+        f"must be one of {MODEL_SOURCES}, got {m.source!r}",
+    )
+    dtypes = m.arch_dict()
+    _check(
+        key == "teacher" or m.hf_path is not None or dtypes.get("param_dtype") == "float32",
+        f"{key}.model.param_dtype",
+        f"must be 'float32' for a trained model, got {dtypes.get('param_dtype')!r}: AdamW "
+        "updates (~lr per weight) are far below bfloat16's spacing and would be rounded "
+        "away; keep float32 master weights and set model.dtype='bfloat16' to compute "
+        "in bfloat16",
     )
     if m.source.startswith("workdir:"):
         root = m.source[len("workdir:") :]
@@ -83,7 +115,7 @@ def _validate_model(key: str, m: ModelSpec) -> None:
         )
     _check(m.checkpoint_every >= 0, f"{key}.checkpoint_every", "must be >= 0 (0 = only at the end)")
     _check(0 <= m.p_dropout <= 1, f"{key}.p_dropout", "must be in [0, 1]")
-    _check(m.steps >= 1, f"{key}.steps", "must be >= 1")
+    _check(m.steps >= 1 or m.source != "scratch", f"{key}.steps", "must be >= 1")
     _check(m.optim.warmup_steps >= 0, f"{key}.warmup_steps", "must be >= 0")
 
 
@@ -103,8 +135,28 @@ def _check_run(r: RunSpec) -> None:
     _check(r.checkpoint_every >= 0, f"{key}.checkpoint_every", "must be >= 0 (0 = only at the end)")
     _check(r.eval_every >= 0, f"{key}.eval_every", "must be >= 0 (0 = no in-run evaluation)")
     _check(r.optim.warmup_steps >= 0, f"{key}.warmup_steps", "must be >= 0")
-    for field in ("steps", "batch_prompts", "n_samples", "max_new_tokens", "log_every"):
+    for field in (
+        "steps",
+        "batch_prompts",
+        "n_samples",
+        "max_new_tokens",
+        "log_every",
+        "num_microbatches",
+    ):
         _check(getattr(r, field) >= 1, f"{key}.{field}", f"must be >= 1, got {getattr(r, field)}")
+    rows = r.batch_prompts * r.n_samples
+    _check(
+        rows % r.num_microbatches == 0,
+        f"{key}.num_microbatches",
+        f"{r.num_microbatches} does not divide the {rows} rollouts (batch_prompts x n_samples)",
+    )
+    _check(
+        r.rollout_batch >= 0 and (r.rollout_batch == 0 or r.batch_prompts % r.rollout_batch == 0),
+        f"{key}.rollout_batch",
+        f"must be 0 (all prompts at once) or divide batch_prompts={r.batch_prompts}, "
+        f"got {r.rollout_batch}",
+    )
+    _check(r.memory_budget_gb >= 0, f"{key}.memory_budget_gb", "must be >= 0 (0 = no check)")
     for name in r.log_passes:
         try:
             p = pass_from_name(name)

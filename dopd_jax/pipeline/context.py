@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from dopd_jax import sharding
 from dopd_jax.data import sources
 from dopd_jax.models.tokenizer import Tokenizer, train_tokenizer
-from dopd_jax.pipeline import data_checks
+from dopd_jax.pipeline import data_checks, hf_models
 from dopd_jax.pipeline.specs import ExperimentSpec
 
 
@@ -95,7 +95,10 @@ def _restored_tokenizer_path(spec: ExperimentSpec) -> str | None:
 
 
 def load_tokenizer(spec: ExperimentSpec, workdir: str, task: sources.TaskData) -> Tokenizer:
-    """The workdir's tokenizer; else a restored model's; else one trained on the task."""
+    """A checkpoint's tokenizer (``hf:`` models); else the workdir's; else a restored
+    model's; else one trained on the task."""
+    if spec.hf_models():
+        return hf_models.load_tokenizer(spec)
     path = os.path.join(workdir, "tokenizer.model")
     exists = os.path.exists(path)
     barrier("dopd_jax.tokenizer_checked")  # every process decides before process 0 writes
@@ -109,8 +112,8 @@ def load_tokenizer(spec: ExperimentSpec, workdir: str, task: sources.TaskData) -
     else:  # deterministic: every process trains the same tokenizer
         tok = train_tokenizer(
             task.corpus(),
-            vocab_size=spec.tokenizer_vocab_size,
-            hard_vocab_limit=spec.tokenizer_hard_limit,
+            vocab_size=spec.tokenizer.vocab_size,
+            hard_vocab_limit=spec.tokenizer.hard_vocab_limit,
         )
     if jax.process_index() == 0:
         tok.save(path) if restored is None else shutil.copyfile(restored, path)

@@ -82,8 +82,9 @@ def _check_fields(spec: ExperimentSpec, task: sources.TaskData) -> None:
 
 
 def _check_train(spec: ExperimentSpec, task: sources.TaskData, tok, log) -> sources.TaskData:
+    sft = any(m.source == "scratch" for m in (spec.teacher, spec.student))  # SFT stages run
     if task.train_examples is None:  # an infinite stream: check a sample, skip nothing
-        bad = overlength_rows(task.train_sample, tok, spec, sft=True)
+        bad = overlength_rows(task.train_sample, tok, spec, sft=sft)
         if bad:
             first = min(bad)
             raise ValueError(
@@ -93,7 +94,7 @@ def _check_train(spec: ExperimentSpec, task: sources.TaskData, tok, log) -> sour
             )
         return task
     examples = task.train_examples()
-    bad = overlength_rows(examples, tok, spec, sft=True)
+    bad = overlength_rows(examples, tok, spec, sft=sft)
     _apply_limit("training data", examples, bad, spec, log)
     if not bad:
         return task

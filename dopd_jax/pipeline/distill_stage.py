@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
+import os
 
 import jax
 import numpy as np
 
 from dopd_jax import sharding
 from dopd_jax.data import encode
-from dopd_jax.pipeline import evaluation
+from dopd_jax.pipeline import evaluation, hf_models, memory_check
 from dopd_jax.pipeline.context import Context
 from dopd_jax.pipeline.sft_stage import Model, make_optimizer, stage_checkpointer
 from dopd_jax.pipeline.specs import RunSpec
-from dopd_jax.steps import DistillSpec, SamplerConfig, make_distill_fns
+from dopd_jax.steps import DistillSpec, SamplerConfig, make_distill_fns, microbatch
 from dopd_jax.trainer import checkpoints, loop, params_io
 
 SUMMARY_KEYS = (
@@ -56,7 +58,30 @@ def make_spec(run: RunSpec, tok) -> DistillSpec:
         log_passes=run.log_passes,
         chunk_size=run.chunk_size,
         diag_top_k=run.diag_top_k,
+        rollout_batch=run.rollout_batch,
     )
+
+
+def make_fns(graphdefs, opt, spec: DistillSpec, run: RunSpec, shardings):
+    """The run's jitted step phases: the fused micro-batched step when the config asks
+    for micro-batches or remat, else the three separate phases (one interface)."""
+    if run.num_microbatches > 1 or run.remat:
+        return microbatch.make_microbatched_fns(
+            graphdefs, opt, spec, run.num_microbatches, shardings, remat=run.remat
+        )
+    return make_distill_fns(graphdefs, opt, spec, shardings)
+
+
+def _check_memory(ctx: Context, run: RunSpec, fns, state, teachers, batches, key):
+    """Estimates per-device memory from the compiled steps when a limit is known
+    (accelerators, or ``distill.memory_budget_gb``); refuses to start above it."""
+    limit = memory_check.device_limit_bytes(run.memory_budget_gb)
+    if limit is None:
+        return batches
+    first = next(batches)
+    report = memory_check.phase_memory(fns, state, teachers, first[1], key)
+    memory_check.check(report, limit, ctx.log)
+    return itertools.chain([first], batches)
 
 
 def _resume_config(ctx: Context, run: RunSpec, teacher: Model, student: Model) -> dict:
@@ -246,10 +271,12 @@ def _run_loop(
         teachers = {"teacher": teacher.params}
         graphdefs = {"student": student.graphdef, "teacher": teacher.graphdef}
         shardings = sharding.step_shardings(ctx.mesh, opt, state, teachers)
-        fns = make_distill_fns(graphdefs, opt, spec, shardings)
+        fns = make_fns(graphdefs, opt, spec, run, shardings)
+        batches = distill_batches(ctx, stream)
+        if start < run.steps:
+            batches = _check_memory(ctx, run, fns, state, teachers, batches, key)
         with loop.sigterm_flag() as stop:
             hooks.stop_requested = stop
-            batches = distill_batches(ctx, stream)
             state = loop.run_distill(
                 fns, state, teachers, batches, run.steps, key, hooks, start_step=start
             )
@@ -269,6 +296,8 @@ def distill_stage(
     progress.stage(f"distill/{run.name}")
     sampler = eval_sampler(ctx, student.graphdef)
     state, history, monitor = _run_loop(ctx, run, spec, teacher, student, sampler, writer, progress)
+    if ctx.spec.student.hf_path is not None:
+        _export(ctx, run, state.params, student)
     result = full_eval(ctx, dataclasses.replace(student, params=state.params), sampler)
     if spec.ref_update != "none":  # the frozen / EMA privileged student the routing used
         first = next(iter(ctx.eval_sets.values()))
@@ -277,6 +306,14 @@ def distill_stage(
     result["warnings"] = [] if monitor is None else sorted(monitor.raised)
     result.update(method=run.method.name, label=run.label)
     return result
+
+
+def _export(ctx: Context, run: RunSpec, params, student: Model) -> None:
+    """The distilled student as a Hugging Face checkpoint under ``WORKDIR/export/<run>``."""
+    path = os.path.join(ctx.workdir, "export", run.name)
+    original = hf_models.read_config(ctx.spec.student.hf_path, "student").param_dtype
+    hf_models.export(path, params, student.config, original, hf_models.tokenizer_dir(ctx.spec))
+    ctx.log(f"[{run.name}] exported the distilled student to {path} ({original})")
 
 
 def _summarize(history: list[dict]) -> dict:

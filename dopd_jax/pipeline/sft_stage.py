@@ -21,6 +21,7 @@ from flax import nnx
 from dopd_jax import sharding
 from dopd_jax.data import encode
 from dopd_jax.models import ModelConfig, Transformer
+from dopd_jax.pipeline import hf_models
 from dopd_jax.pipeline.context import Context
 from dopd_jax.pipeline.specs import ModelSpec
 from dopd_jax.steps import make_sft_fn
@@ -147,9 +148,24 @@ def _train(ctx: Context, m: ModelSpec, writer, progress) -> Model:
     return dataclasses.replace(model, params=state.params)
 
 
+def _from_hf(ctx: Context, m: ModelSpec) -> Model:
+    loaded = hf_models.load_model(m, ctx.tok, ctx.mesh)
+    ctx.log(
+        f"{m.name}: {m.hf_path} ({loaded.config.n_layers} layers, d_model "
+        f"{loaded.config.d_model}, {loaded.config.vocab_size} embedding rows, logits over "
+        f"{loaded.config.logit_vocab_size} ids; params {loaded.config.param_dtype}, "
+        f"compute {loaded.config.dtype})"
+    )
+    return Model(loaded.graphdef, loaded.params, loaded.config)
+
+
 def model_stage(ctx: Context, m: ModelSpec, writer, progress) -> Model:
-    """The model of ``m``: reloaded when its stage finished, restored, or SFT-trained."""
+    """The model of ``m``: loaded from a checkpoint, reloaded when its stage finished,
+    restored, or SFT-trained."""
     path = os.path.join(ctx.workdir, m.name)
+    if m.hf_path is not None:
+        progress.skip(m.steps)
+        return _from_hf(ctx, m)
     if m.source.startswith("workdir:"):
         progress.skip(m.steps)
         return _restored(ctx, m)

@@ -35,9 +35,11 @@ class OptimSpec:
 class ModelSpec:
     """One model of the experiment and how it is obtained.
 
-    ``source`` is ``scratch`` (built from ``arch`` and SFT-trained) or
+    ``source`` is ``scratch`` (built from ``arch`` and SFT-trained),
     ``workdir:PATH`` (restored from a previous experiment's finished stage
-    ``name`` under PATH). ``hf:PATH`` is reserved for Hugging Face checkpoints.
+    ``name`` under PATH) or ``hf:PATH`` (a Hugging Face checkpoint directory,
+    used as it is: its ``config.json`` gives the shape, and of ``arch`` only
+    ``param_dtype`` and ``dtype``, the compute dtype, apply).
     """
 
     name: str  # stage / directory name: "teacher" or "student_init"
@@ -54,6 +56,31 @@ class ModelSpec:
 
     def arch_dict(self) -> dict:
         return dict(self.arch)
+
+    @property
+    def hf_path(self) -> str | None:
+        """The checkpoint directory of an ``hf:PATH`` source, else None."""
+        return self.source[len("hf:") :] if self.source.startswith("hf:") else None
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizerSpec:
+    """The tokenizer: SentencePiece trained on the task, or a checkpoint's ``tokenizer.json``.
+
+    ``path`` (default: the student's ``hf:`` directory, else the teacher's) is
+    used when a model comes from a Hugging Face checkpoint. ``chat_template``:
+    ``none`` (segments ``[BOS] x p``) or ``checkpoint`` (the directory's chat
+    template renders x and x + p; ``p_position``, ``p_separator`` and
+    ``template_variables`` as in ``models.chat.ChatFormat``).
+    """
+
+    vocab_size: int
+    hard_vocab_limit: bool
+    path: str
+    chat_template: str
+    p_position: str
+    p_separator: str
+    template_variables: tuple[tuple[str, Any], ...]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +106,10 @@ class RunSpec:
     eval_n: int
     checkpoint_every: int
     log_passes: tuple[str, ...]
+    num_microbatches: int = 1  # > 1 or remat: the fused micro-batched score + update
+    remat: bool = False
+    rollout_batch: int = 0  # prompts per sampler call (0: the whole batch at once)
+    memory_budget_gb: float = 0.0  # per-device limit where the device reports none
 
     def to_json(self) -> dict:
         """JSON description (resume checks, results): the method by name and its config."""
@@ -102,8 +133,7 @@ class ExperimentSpec:
     seed: int
     mesh: tuple[tuple[str, int], ...]
     checkpoint_keep: int
-    tokenizer_vocab_size: int
-    tokenizer_hard_limit: bool
+    tokenizer: TokenizerSpec
     task: TaskSpec
     teacher: ModelSpec
     student: ModelSpec
@@ -117,13 +147,40 @@ class ExperimentSpec:
                 {
                     "seed": self.seed,
                     "task": dataclasses.asdict(self.task),
-                    "tokenizer_vocab_size": self.tokenizer_vocab_size,
-                    "tokenizer_hard_limit": self.tokenizer_hard_limit,
+                    "tokenizer_vocab_size": self.tokenizer.vocab_size,
+                    "tokenizer_hard_limit": self.tokenizer.hard_vocab_limit,
+                    **self._tokenizer_json(),
                     "teacher": dataclasses.asdict(self.teacher),
                     "student": dataclasses.asdict(self.student),
                 }
             )
         )
+
+    def _tokenizer_json(self) -> dict:
+        """Checkpoint-tokenizer settings (absent for trained SentencePiece tokenizers,
+        so workdirs made before they existed keep their identity)."""
+        t = self.tokenizer
+        if not (t.path or t.chat_template != "none" or self.hf_models()):
+            return {}
+        return {"tokenizer": dataclasses.asdict(t)}
+
+    def hf_models(self) -> tuple[ModelSpec, ...]:
+        """The models that come from Hugging Face checkpoints."""
+        return tuple(m for m in (self.teacher, self.student) if m.hf_path is not None)
+
+
+def tokenizer_spec(c) -> TokenizerSpec:
+    t = c.tokenizer
+    variables = t.template_variables.to_dict() if t.get("template_variables") else {}
+    return TokenizerSpec(
+        vocab_size=t.vocab_size,
+        hard_vocab_limit=t.hard_vocab_limit,
+        path=t.get("path", ""),
+        chat_template=t.get("chat_template", "none"),
+        p_position=t.get("p_position", "user_end"),
+        p_separator=t.get("p_separator", "\n\n"),
+        template_variables=tuple(sorted(variables.items())),
+    )
 
 
 def _optim(block, total_steps: int) -> OptimSpec:
@@ -232,6 +289,10 @@ def run_spec(c, name: str) -> RunSpec:
         eval_n=d.eval_n,
         checkpoint_every=d.checkpoint_every,
         log_passes=tuple(d.log_passes),
+        num_microbatches=d.get("num_microbatches", 1),
+        remat=bool(d.get("remat", False)),
+        rollout_batch=d.get("rollout_batch", 0),
+        memory_budget_gb=float(d.get("memory_budget_gb", 0.0)),
     )
 
 
@@ -244,8 +305,7 @@ def experiment_spec(c: ml_collections.ConfigDict) -> ExperimentSpec:
         seed=c.seed,
         mesh=tuple(c.mesh.to_dict().items()),
         checkpoint_keep=c.checkpoint_keep,
-        tokenizer_vocab_size=c.tokenizer.vocab_size,
-        tokenizer_hard_limit=c.tokenizer.hard_vocab_limit,
+        tokenizer=tokenizer_spec(c),
         task=task_spec(c),
         teacher=_model(c, "teacher", "teacher", c.seed + 100),
         student=_model(c, "student", "student_init", c.seed + 200),

@@ -45,6 +45,8 @@ class DistillSpec:
       chunk_size: positions per chunk of every full-vocabulary operation
         (None: one pass).
       diag_top_k: K of the top-K agreement diagnostics (clamped to V).
+      rollout_batch: prompts per sampler call (0: all of the batch in one call;
+        ``rollout.sample_in_chunks``).
     """
 
     method: Method
@@ -53,6 +55,7 @@ class DistillSpec:
     log_passes: tuple[str, ...] = ("teacher", "priv_teacher")
     chunk_size: int | None = None
     diag_top_k: int = 128
+    rollout_batch: int = 0
 
     @property
     def passes(self) -> dict[str, Pass]:
@@ -79,8 +82,14 @@ def rollout_step(
 ) -> rollout_lib.Rollout:
     """Samples responses from the deployed student (prompt x only)."""
     key = jax.random.fold_in(key, state.step)
-    return rollout_lib.sample(
-        graphdefs["student"], state.params, batch.prompt_BP, batch.prompt_mask_BP, key, spec.sampler
+    return rollout_lib.sample_in_chunks(
+        graphdefs["student"],
+        state.params,
+        batch.prompt_BP,
+        batch.prompt_mask_BP,
+        key,
+        spec.sampler,
+        spec.rollout_batch,
     )
 
 

@@ -171,3 +171,37 @@ def sample(graphdef, params, prompt_BP, prompt_mask_BP, key, cfg: SamplerConfig)
         sampler_logp_BT=logp_BT,
         truncated_B=~jnp.any(mask_BT & (tokens_BT == cfg.eos_id), 1),
     )
+
+
+def sample_in_chunks(
+    graphdef, params, prompt_BP, prompt_mask_BP, key, cfg: SamplerConfig, prompts_per_call: int
+) -> Rollout:
+    """``sample`` over prompt chunks of ``prompts_per_call`` (one ``lax.map`` step each).
+
+    The KV cache and the step's activations then scale with the chunk, not the
+    batch. Chunk c holds prompts c, c + C, c + 2C, ... (C chunks), so rows sharded
+    in contiguous blocks over the data-parallel devices stay spread evenly over all
+    of them; the result has ``sample``'s row order. Chunk c samples with
+    ``fold_in(key, c)``.
+    """
+    b = prompt_BP.shape[0]
+    if prompts_per_call <= 0 or prompts_per_call >= b:
+        return sample(graphdef, params, prompt_BP, prompt_mask_BP, key, cfg)
+    if b % prompts_per_call:
+        raise ValueError(f"rollout_batch={prompts_per_call} does not divide the {b} prompts")
+    chunks = b // prompts_per_call
+
+    def split(x):  # [B, ...] -> [C, B/C, ...]; chunk c holds rows c, c + C, ...
+        return jnp.swapaxes(x.reshape(prompts_per_call, chunks, *x.shape[1:]), 0, 1)
+
+    def one(args):
+        prompt, mask, c = args
+        return sample(graphdef, params, prompt, mask, jax.random.fold_in(key, c), cfg)
+
+    ro_C = jax.lax.map(one, (split(prompt_BP), split(prompt_mask_BP), jnp.arange(chunks)))
+
+    def merge(x):  # [C, (B/C) * n, ...] -> [B * n, ...] in sample's order
+        x = x.reshape(chunks, prompts_per_call, cfg.n_samples, *x.shape[2:])
+        return jnp.swapaxes(x, 0, 1).reshape(b * cfg.n_samples, *x.shape[3:])
+
+    return jax.tree.map(merge, ro_C)
