@@ -137,8 +137,10 @@ def update_speed(cfg, peak_tflops: float, prompts=16, n=4, p=128, t=256, m=4) ->
         {"student": gd_s, "teacher": gd_t}, opt, spec, m, remat=True
     )
     ids = lambda shape, k: jax.random.randint(jax.random.key(k), shape, 2, 1000).astype(jnp.int32)
-    batch = PromptBatch(ids((prompts, p), 0), jnp.ones((prompts, p), bool), ids((prompts, 2 * p), 1),
-                        jnp.ones((prompts, 2 * p), bool))  # fmt: skip
+    ones = lambda shape: jnp.ones(shape, bool)
+    batch = PromptBatch(
+        ids((prompts, p), 0), ones((prompts, p)), ids((prompts, 2 * p), 1), ones((prompts, 2 * p))
+    )
     ro = jax.block_until_ready(fns.rollout(state, batch, jax.random.key(0)))
     t0 = time.perf_counter()
     state, _ = jax.block_until_ready(
