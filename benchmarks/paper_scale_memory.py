@@ -44,6 +44,7 @@ from dopd_jax.steps import rollout as rollout_lib  # noqa: E402
 GB = 1e9
 EXPERIMENT = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "qwen3_8b_to_1p7b.py"
 KEYS = ("arguments", "outputs", "temp", "alias", "total")
+QWEN3_VOCAB = 151936  # embedding rows of both Qwen3 checkpoints
 
 
 def paper_config(arg=None):
@@ -57,7 +58,7 @@ def paper_config(arg=None):
 def model_configs(c, layers=None) -> tuple[ModelConfig, ModelConfig]:
     """Teacher and student ModelConfigs, optionally at depths ``layers = (t, s)``."""
     cfgs = [
-        ModelConfig(vocab_size=c.hf.vocab_size, **c[role].model.to_dict())
+        ModelConfig(vocab_size=QWEN3_VOCAB, **c[role].model.to_dict())
         for role in ("teacher", "student")
     ]
     if layers is not None:

@@ -107,7 +107,7 @@ def _smoke(c):
     d.max_new_tokens, d.log_every, d.eval_every, d.eval_n = 12, 1, 2, 8
     c.method_args.dopd.top_k, d.chunk_size, d.diag_top_k = 8, 0, 8
     c.mesh = dict(data=-1, fsdp=1, tensor=1)
-    d.num_microbatches, d.remat, d.rollout_batch, d.memory_budget_gb = 2, True, 2, 8.0
+    d.num_microbatches, d.remat, d.rollout_batch = 2, True, 2
     c.eval.batch_size = 8
 
 

@@ -114,6 +114,19 @@ def run_steps(mesh=None) -> dict:
     return out
 
 
+def interleaved_rows_error() -> str:
+    """What feeding rows over a mesh whose data axis alternates processes gives: each
+    process would own rows 0-1 and 4-5 (or 2-3 and 6-7), not a contiguous block."""
+    local = [[d for d in jax.devices() if d.process_index == p] for p in range(2)]
+    order = np.array([local[0][0], local[1][0], local[0][1], local[1][1]]).reshape(4, 1, 1)
+    mesh = jax.sharding.Mesh(order, ("data", "fsdp", "tensor"))
+    try:
+        sharding.process_row_slice(mesh, ROWS)
+    except ValueError as e:
+        return str(e)
+    return "accepted"
+
+
 def main(argv) -> None:
     process_id, num_processes, port, out_path = int(argv[1]), int(argv[2]), argv[3], argv[4]
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -126,6 +139,7 @@ def main(argv) -> None:
     try:
         result = run_steps(sharding.make_mesh(MESH_SHAPE))
         result.update(process=jax.process_index(), devices=jax.device_count())
+        result["interleaved"] = interleaved_rows_error()
         with open(out_path, "w") as f:
             json.dump(result, f)
     finally:

@@ -45,6 +45,8 @@ def test_two_processes_match_single_device(tmp_path):
     assert len(reference["distill_loss"]) == worker.STEPS
     for r in results:
         assert r["devices"] == 4
+        # A mesh that would not give this process contiguous rows is refused by name.
+        assert "are not contiguous" in r["interleaved"], r["interleaved"]
         for name in ("sft_loss", "distill_loss", "distill_kl"):
             np.testing.assert_allclose(
                 r[name],

@@ -1,15 +1,23 @@
-"""The experiment runner across 2 processes x 2 CPU devices matches one process x 4 devices.
+"""The experiment runner across 2 processes x 2 CPU devices: preemption of one host, a
+damaged checkpoint, and exact agreement with one process x 4 devices.
 
 Two ``python -m dopd_jax.run`` processes (gloo collectives, ``jax.distributed``
-on localhost) share one workdir; the same smoke config then runs in one
-process over 4 devices with the same mesh shape. Distillation metrics and the
-results table must agree, and only process 0 may have written the files.
+on localhost) share one workdir. Mid-distillation, SIGTERM reaches process 1
+only: both processes must stop after the same step, write one checkpoint and
+exit with 143. The latest checkpoint is then damaged; the restart must set it
+aside on every process, resume from the previous one and finish. The same
+smoke config then runs in one process over 4 devices with the same mesh shape:
+distillation metrics and the results table must agree, and only process 0 may
+have written the files.
 """
 
 import json
+import os
 import pathlib
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import processes
@@ -20,14 +28,22 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 SMOKE = "experiments/privilege_illusion.py:smoke"
 NUM_PROCESSES = 2
 TIMEOUT_S = 300
-COMMON = ["--config", SMOKE, "--config.distill.methods=('dopd',)", "--config.mesh.data=4"]
+STEPS = 12
+COMMON = [
+    "--config",
+    SMOKE,
+    "--config.distill.methods=('dopd',)",
+    "--config.mesh.data=4",
+    f"--config.distill.steps={STEPS}",
+    "--config.distill.checkpoint_every=1",
+]
 COMPARED = ("loss", "A_bar", "frac_HS")
+CKPT = "ckpt/distill/dopd"
 
 
-def _run_processes(workdir: pathlib.Path, logdir: pathlib.Path) -> None:
-    """Runs the runner as NUM_PROCESSES processes; kills any left running."""
+def _commands(workdir: pathlib.Path) -> list:
     port = processes.free_port()
-    commands = [
+    return [
         [
             sys.executable,
             "-m",
@@ -41,12 +57,46 @@ def _run_processes(workdir: pathlib.Path, logdir: pathlib.Path) -> None:
         ]
         for i in range(NUM_PROCESSES)
     ]
-    processes.run_all(commands, processes.cpu_env(2), logdir, TIMEOUT_S)
 
 
-def test_two_process_runner_matches_one_process(tmp_path):
+def _preempt_one_process(workdir: pathlib.Path, logdir: pathlib.Path) -> int:
+    """Runs until distillation has checkpointed step 2, SIGTERMs process 1 alone; returns
+    the step both processes stopped after."""
+    env = processes.cpu_env(2)
+    logs = [open(logdir / f"preempted{i}.log", "w") for i in range(NUM_PROCESSES)]
+    procs = [
+        subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        for cmd, log in zip(_commands(workdir), logs)
+    ]
+    try:
+        deadline = time.time() + TIMEOUT_S
+        while not (workdir / CKPT / "2").exists() and time.time() < deadline:
+            assert all(p.poll() is None for p in procs), "a process ended early"
+            time.sleep(0.2)
+        procs[1].send_signal(signal.SIGTERM)
+        codes = [p.wait(timeout=TIMEOUT_S) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        for f in logs:
+            f.close()
+    text = (logdir / "preempted0.log").read_text()
+    assert codes == [128 + signal.SIGTERM] * NUM_PROCESSES, (codes, text[-3000:])
+    stopped = int(text.split("SIGTERM: stopped after step ")[1].split()[0])
+    assert 2 <= stopped < STEPS
+    return stopped
+
+
+def test_preempted_damaged_two_process_run_resumes_and_matches_one_process(tmp_path):
     multi, single = tmp_path / "multi", tmp_path / "single"
-    _run_processes(multi, tmp_path)
+    stopped = _preempt_one_process(multi, tmp_path)
+    steps = sorted(int(d) for d in os.listdir(multi / CKPT) if d.isdigit())
+    assert steps[-1] == stopped  # one consistent checkpoint of the agreed step
+    (multi / CKPT / str(stopped) / "meta" / "metadata").write_text('{"payload": {')
+    processes.run_all(_commands(multi), processes.cpu_env(2), tmp_path, TIMEOUT_S)
+    assert (multi / CKPT / f"{stopped}.corrupt").is_dir()
+    assert f"{CKPT}/{stopped} is damaged" in (tmp_path / "process0.log").read_text()
     proc = subprocess.run(
         [sys.executable, "-m", "dopd_jax.run", *COMMON, "--workdir", str(single)],
         env=processes.cpu_env(4),
@@ -59,7 +109,8 @@ def test_two_process_runner_matches_one_process(tmp_path):
 
     rows_m = read_metrics(str(multi), "distill/dopd")
     rows_s = read_metrics(str(single), "distill/dopd")
-    assert [r["step"] for r in rows_m] == [r["step"] for r in rows_s] == [2, 4]  # written once
+    logged = list(range(2, STEPS + 1, 2))
+    assert [r["step"] for r in rows_m] == [r["step"] for r in rows_s] == logged  # written once
     for rm, rs in zip(rows_m, rows_s):
         for k in COMPARED:
             np.testing.assert_allclose(

@@ -16,6 +16,7 @@ measures it (``rollout.sample`` as written projects every prompt position of
 the prefill to V and does not fit 80 GB for 128 prompts per call).
 """
 
+import dataclasses
 import importlib.util
 import math
 import pathlib
@@ -83,7 +84,10 @@ def test_paper_config_is_qwen3_8b_to_1p7b_with_paper_hyperparameters(bench, expe
     c = experiment.get_config()
     teacher, student = bench.model_configs(c)
     assert teacher == hf_config.config_from_hf(QWEN3_8B)
-    assert student == hf_config.config_from_hf(QWEN3_1P7B)
+    # The student trains float32 master weights and computes in bfloat16.
+    assert student == dataclasses.replace(
+        hf_config.config_from_hf(QWEN3_1P7B), param_dtype="float32"
+    )
     d = c.distill
     assert (d.lr, d.steps, d.batch_prompts, d.n_samples, c.method_args.dopd.top_k) == (
         5e-6,
@@ -95,27 +99,20 @@ def test_paper_config_is_qwen3_8b_to_1p7b_with_paper_hyperparameters(bench, expe
     assert {"dopd", "opd"} <= set(d.methods)
     assert (c.task.max_prompt_len, c.task.max_priv_len, d.max_new_tokens) == (1024, 2048, 2048)
     assert jax.device_count() == 8  # the paper mesh below is built on these
-    validation.validate(c)
-
-
-def test_config_arguments(experiment):
-    c = experiment.get_config("teacher=/ckpt/Qwen3-8B,student=/ckpt/Qwen3-1.7B")
-    assert (c.hf.teacher_path, c.hf.student_path) == ("/ckpt/Qwen3-8B", "/ckpt/Qwen3-1.7B")
-    smoke = experiment.get_config("smoke")
-    assert smoke.student.model.d_model <= 64 and smoke.teacher.model.tie_embeddings is False
-    validation.validate(smoke)
-    for bad in ("smok", "teacher=", "mesh=fsdp8"):
-        with pytest.raises(ValueError, match="unknown argument"):
-            experiment.get_config(bad)
+    # Without checkpoints the config is a specification: running it is refused by name.
+    with pytest.raises(ValueError, match="'hf:' needs a checkpoint directory"):
+        validation.validate(c)
 
 
 def _expected_argument_bytes(bench, c, shards):
-    """Teacher params + student params + two AdamW moments, bf16, split over ``shards``."""
+    """Teacher params (bf16) + student float32 master params and two AdamW moments,
+    split over ``shards``."""
     total = 0
     for cfg, copies in zip(bench.model_configs(c), (1, 3)):
         _, params = bench._abstract_model(cfg)
-        n = sum(math.prod(x.shape) for x in jax.tree.leaves(params))
-        total += copies * n * 2
+        total += copies * sum(
+            math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(params)
+        )
     return total / shards
 
 

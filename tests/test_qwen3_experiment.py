@@ -65,7 +65,6 @@ def test_smoke_distils_with_both_methods_and_reports(smoke):
     workdir, proc = smoke
     results = json.loads((workdir / "results.json").read_text())
     assert set(results["methods"]) == {"dopd", "opd"}
-    assert "estimated per-device memory" in proc.stdout + proc.stderr
     for name in ("DOPD", "vanilla OPD"):
         assert name in proc.stdout
 
@@ -126,10 +125,18 @@ def _config(root, **arg):
 
 
 def test_llama_checkpoints_run_through_the_same_module(tmp_path):
+    """Also: a run over its memory budget is refused naming the knobs, and the same
+    workdir then runs with other memory knobs (they are not part of a run's identity)."""
     root = _files(tmp_path / "files", kind="llama")
     c = _config(root)
     c.distill.methods = ("opd",)
-    results = runner.run_experiment(c, str(tmp_path / "run"), log=lambda m: None)
+    c.distill.memory_budget_gb = 1e-6
+    with pytest.raises(ValueError, match=r"above the 0.00 GB available; .*num_microbatches"):
+        runner.run_experiment(c, str(tmp_path / "run"), log=lambda m: None)
+    c.distill.memory_budget_gb, c.distill.num_microbatches = 8.0, 1
+    logs = []
+    results = runner.run_experiment(c, str(tmp_path / "run"), log=logs.append)
+    assert any(m.startswith("estimated per-device memory: rollout") for m in logs), logs
     assert set(results["methods"]) == {"opd"}
     assert (tmp_path / "run" / "export" / "opd" / "model.safetensors").exists()
     cfg = json.loads((tmp_path / "run" / "export" / "opd" / "config.json").read_text())

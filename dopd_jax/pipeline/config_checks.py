@@ -189,6 +189,8 @@ def _validate_mesh(spec: ExperimentSpec) -> None:
     }
     for r in spec.runs:
         rows[f"distill.batch_prompts ({r.name})"] = r.batch_prompts
+        mb_rows = r.batch_prompts * r.n_samples // max(r.num_microbatches, 1)
+        rows[f"rollouts per micro-batch ({r.name}: num_microbatches)"] = mb_rows
     for key, n in rows.items():
         _check(
             n % dp == 0,

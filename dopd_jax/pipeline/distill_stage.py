@@ -87,7 +87,7 @@ def _check_memory(ctx: Context, run: RunSpec, fns, state, teachers, batches, key
 def _resume_config(ctx: Context, run: RunSpec, teacher: Model, student: Model) -> dict:
     kept = {
         k: v
-        for k, v in run.to_json().items()
+        for k, v in run.identity().items()
         if k not in ("checkpoint_every", "eval_every", "eval_n")
     }
     # The frozen teacher is not saved with the run: it is named by its parameters' digest.

@@ -20,7 +20,7 @@ from dopd_jax.pipeline.context import Progress, build_context
 from dopd_jax.pipeline.distill_stage import distill_stage, full_eval
 from dopd_jax.pipeline.report import format_table
 from dopd_jax.pipeline.sft_stage import model_stage
-from dopd_jax.pipeline.specs import ExperimentSpec
+from dopd_jax.pipeline.specs import ExperimentSpec, without_memory_knobs
 from dopd_jax.trainer.metric_writer import MetricWriter, NullMetricWriter
 
 
@@ -97,7 +97,8 @@ def _run_stages(spec: ExperimentSpec, workdir: str, writer, progress, log) -> di
     for run in spec.runs:
         path = os.path.join(workdir, "runs", run.name, "result.json")
         result = _load_json(path)
-        if result is None or result.get("run_spec") != run.to_json():
+        saved = None if result is None else without_memory_knobs(result.get("run_spec", {}))
+        if saved != run.identity():
             t0 = time.perf_counter()
             result = distill_stage(ctx, run, teacher, student, writer, progress)
             result["wall_time_s"] = time.perf_counter() - t0

@@ -111,6 +111,11 @@ class RunSpec:
     rollout_batch: int = 0  # prompts per sampler call (0: the whole batch at once)
     memory_budget_gb: float = 0.0  # per-device limit where the device reports none
 
+    def identity(self) -> dict:
+        """``to_json`` without the knobs that change memory, not results: a run may be
+        resumed, or its result reused, after them changing (``MEMORY_KNOBS``)."""
+        return without_memory_knobs(self.to_json())
+
     def to_json(self) -> dict:
         """JSON description (resume checks, results): the method by name and its config."""
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -118,6 +123,13 @@ class RunSpec:
         d["config"] = dataclasses.asdict(self.config)
         d["optim"] = dataclasses.asdict(self.optim)
         return json.loads(json.dumps(d))
+
+
+MEMORY_KNOBS = ("num_microbatches", "remat", "memory_budget_gb", "chunk_size")
+
+
+def without_memory_knobs(run_json: dict) -> dict:
+    return {k: v for k, v in run_json.items() if k not in MEMORY_KNOBS}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -201,7 +201,10 @@ class StageCheckpointer:
                 self._set_aside(step, e)
                 continue
             key = tree.get("rng_key_data")
-            key = None if key is None else jax.random.wrap_key_data(key, impl=payload["key_impl"])
+            if key is not None:  # replicated: every process holds it whole. As a host value
+                # it is placed like a fresh key (the saved copy's mesh is not the steps').
+                data = np.asarray(key.addressable_data(0))
+                key = jax.random.wrap_key_data(data, impl=payload["key_impl"])
             return Restored(step, tree["train_state"], key, payload["extra"])
         return None
 

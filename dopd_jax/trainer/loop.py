@@ -24,6 +24,7 @@ from typing import Any
 
 import jax
 import optax
+from jax.experimental import multihost_utils
 
 
 def make_optimizer(
@@ -71,7 +72,7 @@ class LoopHooks:
     warn: Callable[[str], None] = print
     checkpoint: Callable[[int, Any], None] | None = None  # (steps done, state) -> None
     checkpoint_every: int = 0  # 0: only after the last step (and on SIGTERM)
-    stop_requested: Callable[[], bool] = lambda: False
+    stop_requested: Callable[[int], bool] = lambda step: False  # (steps done) -> stop now
 
 
 class Interrupted(SystemExit):
@@ -82,29 +83,45 @@ class Interrupted(SystemExit):
         self.step = step
 
 
+def _preemption_sync() -> bool:
+    """True with several processes and JAX's preemption service (jax.distributed)."""
+    return jax.process_count() > 1 and bool(jax.config.jax_enable_preemption_service)
+
+
 @contextlib.contextmanager
 def sigterm_flag():
-    """Within the block, SIGTERM only sets a flag; yields a callable reading it.
+    """Within the block, SIGTERM only sets a flag; yields ``stop(steps_done) -> bool``.
 
     The loops poll it after each step (``LoopHooks.stop_requested``), so the
     current step finishes and a final checkpoint is written before exiting.
     Outside the main thread (where handlers cannot be installed) the flag
     never rises and SIGTERM keeps its previous behaviour.
+
+    With several processes a preemption usually reaches one host: JAX's
+    preemption service (installed by ``jax.distributed.initialize``) catches
+    SIGTERM there and agrees with every process on one step, and the callable
+    is ``multihost_utils.reached_preemption_sync_point(steps_done)``, polled by
+    every process after every step, so all of them stop after the same step and
+    write one consistent checkpoint. (Orbax's checkpoint manager polls the same
+    sync point with the same step numbers when it saves.)
     """
+    if _preemption_sync():
+        yield multihost_utils.reached_preemption_sync_point
+        return
     flag = threading.Event()
     if threading.current_thread() is not threading.main_thread():
-        yield flag.is_set
+        yield lambda step: flag.is_set()
         return
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: flag.set())
     try:
-        yield flag.is_set
+        yield lambda step: flag.is_set()
     finally:
         signal.signal(signal.SIGTERM, previous)
 
 
 def _after_step(hooks: LoopHooks, done: int, num_steps: int, state, flush) -> None:
     """Checkpoints when due (or when asked to stop), then honours the stop request."""
-    stop = hooks.stop_requested()
+    stop = hooks.stop_requested(done)
     every = hooks.checkpoint_every
     if hooks.checkpoint is not None and (
         stop or done == num_steps or (every and done % every == 0)
