@@ -17,6 +17,7 @@ INSTALL_REQUIRES = [
     "tqdm==4.70.1",
     "tensorboardX==2.6.5",
     "tokenizers==0.23.3",
+    "jinja2==3.1.6",  # chat templates of Hugging Face checkpoints (models/chat.py)
     "safetensors==0.8.0",
 ]
 
