@@ -22,7 +22,14 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS = {
-    "test": ["pytest==9.2.0", "chex==0.1.92", "ruff==0.14.0"],
+    # pytest-xdist: the suite runs on 2 workers, one test file per worker at a time.
+    "test": [
+        "pytest==9.2.0",
+        "pytest-xdist==3.8.0",
+        "execnet==2.1.2",
+        "chex==0.1.92",
+        "ruff==0.14.0",
+    ],
     "notebooks": ["jupytext==1.19.6", "matplotlib==3.11.2"],
     # PyTorch CPU build (lies on the CI disk); an unpinned torch pulls CUDA.
     "compare": ["torch==2.13.0", "transformers==5.23.0", "safetensors==0.8.0"],

@@ -28,7 +28,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 SMOKE = "experiments/privilege_illusion.py:smoke"
 NUM_PROCESSES = 2
 TIMEOUT_S = 300
-STEPS = 12
+STEPS = 8
 COMMON = [
     "--config",
     SMOKE,
