@@ -154,7 +154,6 @@ class Loaded:
     graphdef: object
     params: object
     config: ModelConfig
-    original_dtype: str
 
 
 def load_model(m: ModelSpec, tok, mesh) -> Loaded:
@@ -163,14 +162,13 @@ def load_model(m: ModelSpec, tok, mesh) -> Loaded:
     The student (``student_init``) gets float32 master parameters; the teacher the
     configured ``param_dtype``; both compute in ``model.dtype``."""
     arch = m.arch_dict()
-    original = read_config(m.hf_path, _key(m)).param_dtype
     param_dtype = arch["param_dtype"] if m.name == "teacher" else "float32"
     model = hf.load_hf(m.hf_path, dtype=arch["dtype"], param_dtype=param_dtype, mesh=mesh)
     valid = tok.vocab_size if tok.vocab_size < model.cfg.vocab_size else None
     cfg = dataclasses.replace(model.cfg, valid_vocab_size=valid)
     graphdef, _ = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))))
     _, params = nnx.split(model)
-    return Loaded(graphdef, params, cfg, original)
+    return Loaded(graphdef, params, cfg)
 
 
 def export(path: str, params, cfg: ModelConfig, original_dtype: str, tokenizer_from: str) -> None:

@@ -54,13 +54,13 @@ def phase_memory(fns, state, teachers, batch, key) -> dict:
     """
     out = {"rollout": _bytes(fns.rollout.lower(state, batch, key).compile())}
     ro = jax.eval_shape(fns.rollout, state, batch, key)
-    targets = fns.score(state, teachers, batch, ro) if not hasattr(fns.score, "lower") else None
-    if targets is None:
+    fused = getattr(fns.update, "fused", None)  # micro-batched: scores and updates at once
+    if fused is not None:
+        out["update"] = _bytes(fused.lower(state, teachers, batch, ro).compile())
+    else:
         out["score"] = _bytes(fns.score.lower(state, teachers, batch, ro).compile())
         targets = jax.eval_shape(fns.score, state, teachers, batch, ro)
         out["update"] = _bytes(fns.update.lower(state, ro, targets).compile())
-    else:  # micro-batched: the fused step scores and updates
-        out["update"] = _bytes(fns.update.fused.lower(state, teachers, batch, ro).compile())
     return {k: v for k, v in out.items() if v}
 
 
