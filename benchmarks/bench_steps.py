@@ -81,9 +81,11 @@ def bench(repeats: int, batch_prompts: int = 16, n_samples: int = 4) -> dict:
         fns = steps.make_distill_fns(graphdefs, opt, spec)
         state = steps.init_state(jax.tree.map(jnp.copy, ps), opt, keep_ref=False)
         key = jax.random.key(0)
-        ro = fns.rollout(state, batch, key)
+        ro = fns.rollout(state, teachers, batch, key)
         targets = fns.score(state, teachers, batch, ro)
-        out[f"{name}_rollout_s"] = _median_time(lambda: fns.rollout(state, batch, key), repeats)
+        out[f"{name}_rollout_s"] = _median_time(
+            lambda: fns.rollout(state, teachers, batch, key), repeats
+        )
         out[f"{name}_score_s"] = _median_time(
             lambda: fns.score(state, teachers, batch, ro), repeats
         )

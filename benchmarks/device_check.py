@@ -141,7 +141,7 @@ def update_speed(cfg, peak_tflops: float, prompts=16, n=4, p=128, t=256, m=4) ->
     batch = PromptBatch(
         ids((prompts, p), 0), ones((prompts, p)), ids((prompts, 2 * p), 1), ones((prompts, 2 * p))
     )
-    ro = jax.block_until_ready(fns.rollout(state, batch, jax.random.key(0)))
+    ro = jax.block_until_ready(fns.rollout(state, {"teacher": teacher}, batch, jax.random.key(0)))
     t0 = time.perf_counter()
     state, _ = jax.block_until_ready(
         fns.update(state, ro, fns.score(state, {"teacher": teacher}, batch, ro))

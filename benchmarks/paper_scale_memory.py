@@ -181,11 +181,11 @@ def rollout_memory(c, mesh_shape, layers=None):
     sh = a["shardings"]
     key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=sh.replicated)
     fn = jax.jit(
-        lambda s, b, k: steps.rollout_step({"student": a["gd_s"]}, a["spec"], s, b, k),
+        lambda s, t, b, k: steps.rollout_step({"student": a["gd_s"]}, a["spec"], s, t, b, k),
         **sh.jit_kwargs("rollout"),
     )
     start = time.perf_counter()
-    compiled = fn.lower(a["state"], a["batch"], key).compile()
+    compiled = fn.lower(a["state"], a["teacher"], a["batch"], key).compile()
     return _memory(compiled, time.perf_counter() - start)
 
 

@@ -107,7 +107,7 @@ def run_steps(mesh=None) -> dict:
     batch = _to_device(distill_batch, mesh)
     key = jax.random.key(0)
     for _ in range(STEPS):
-        ro = fns.rollout(state, batch, key)
+        ro = fns.rollout(state, {"teacher": pt}, batch, key)
         state, m = fns.update(state, ro, fns.score(state, {"teacher": pt}, batch, ro))
         out["distill_loss"].append(float(m["loss"]))
         out["distill_kl"].append(float(m["kl_to_priv_teacher"]))

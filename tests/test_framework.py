@@ -128,7 +128,7 @@ def test_diagnostic_log_probs_are_chunked_and_equal():
     outs = []
     for chunk in (None, 2):
         spec = steps.DistillSpec(opd, opd.config_cls(), _sampler(), chunk_size=chunk)
-        ro = steps.rollout_step(g, spec, state, _batch(), jax.random.key(0))
+        ro = steps.rollout_step(g, spec, state, t, _batch(), jax.random.key(0))
         outs.append(steps.score_step(g, spec, state, t, _batch(), ro))
     np.testing.assert_allclose(
         outs[0]["logp_priv_teacher_BT"], outs[1]["logp_priv_teacher_BT"], rtol=1e-6, atol=1e-6
@@ -212,7 +212,7 @@ def test_optimizer_warmup_zero_decay_and_schedule_are_explicit():
 class _FakeFns:
     """Stand-in jitted phases: counts steps, returns finite metrics."""
 
-    def rollout(self, state, batch, key):
+    def rollout(self, state, teachers, batch, key):
         return jnp.zeros(())
 
     def score(self, state, teachers, batch, ro):

@@ -66,7 +66,7 @@ def setup():
 
 def _rollout(gs, ps, spec, batch, empty_row=True):
     state = steps.init_state(ps, optax.sgd(1.0), keep_ref=False)
-    ro = jax.jit(lambda s, b: steps.rollout_step(_g(gs), spec, s, b, jax.random.key(0)))(
+    ro = jax.jit(lambda s, b: steps.rollout_step(_g(gs), spec, s, {}, b, jax.random.key(0)))(
         state, batch
     )
     if empty_row:  # a sequence without valid tokens must not count in the mean

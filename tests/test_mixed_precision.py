@@ -111,7 +111,7 @@ def test_state_keeps_float32_master_and_optimizer_and_ema_reference():
     batch = PromptBatch(prompt, np.ones_like(prompt, bool), priv, np.ones_like(priv, bool))
     ref0 = jax.tree.map(jnp.copy, state.ref_params)
     for i in range(3):
-        ro = fns.rollout(state, batch, jax.random.key(i))
+        ro = fns.rollout(state, {"teacher": params}, batch, jax.random.key(i))
         targets = fns.score(state, {"teacher": params}, batch, ro)
         state, metrics = fns.update(state, ro, targets)
     dtypes = {x.dtype for x in jax.tree.leaves((state.params, state.ref_params))}

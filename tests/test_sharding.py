@@ -219,7 +219,7 @@ def _run(mesh_shape, n_distill=3):
         for i in range(n_distill):
             with jax.log_compiles(i > 0):  # new data, same shapes: must not recompile
                 batch = place(_distill_batch(i))
-                ro = fns.rollout(state, batch, jax.random.key(7))
+                ro = fns.rollout(state, {"teacher": pt}, batch, jax.random.key(7))
                 old, (state, m) = (
                     state,
                     fns.update(state, ro, fns.score(state, {"teacher": pt}, batch, ro)),

@@ -16,7 +16,15 @@ import jax
 
 @functools.partial(
     jax.tree_util.register_dataclass,
-    data_fields=["prompt_BP", "prompt_mask_BP", "priv_BQ", "priv_mask_BQ", "domain_ids_B"],
+    data_fields=[
+        "prompt_BP",
+        "prompt_mask_BP",
+        "priv_BQ",
+        "priv_mask_BQ",
+        "domain_ids_B",
+        "response_BT",
+        "response_mask_BT",
+    ],
     meta_fields=[],
 )
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +39,8 @@ class PromptBatch:
     priv_BQ: jax.Array  # int32 [B, Q] left-padded [BOS] ids(x) ids(p)
     priv_mask_BQ: jax.Array  # bool [B, Q] True on real tokens
     domain_ids_B: jax.Array | None = None  # int32 [B] index of each row's domain (MOPD)
+    response_BT: jax.Array | None = None  # int32 [B, T] gold ``y [EOS]``, right-padded (GKD)
+    response_mask_BT: jax.Array | None = None  # bool [B, T] True on its tokens
 
 
 @functools.partial(

@@ -77,6 +77,7 @@ def encode_prompts(
     max_prompt_len: int,
     max_priv_len: int,
     domains: Sequence[str] | None = None,
+    max_response_len: int | None = None,
 ) -> PromptBatch:
     """Left-padded prompt and privileged-prefix batches (NumPy leaves).
 
@@ -87,6 +88,8 @@ def encode_prompts(
       max_prompt_len: P, the prompt width (BOS included).
       max_priv_len: Q, the privileged-prefix width (BOS included).
       domains: the domain list ``domain_ids_B`` indexes; None leaves it None.
+      max_response_len: T; when given, the gold responses ``y [EOS]``
+        right-padded (cut at T, then without EOS) fill ``response_BT``.
 
     Returns:
       A PromptBatch; ValueError names the row of a prompt that does not fit.
@@ -106,7 +109,23 @@ def encode_prompts(
     prompt, prompt_mask = _pad(prompts, max_prompt_len, True, tok.pad_id)
     priv, priv_mask = _pad(privs, max_priv_len, True, tok.pad_id)
     ids = None if domains is None else domain_ids(examples, domains)
-    return PromptBatch(prompt, prompt_mask, priv, priv_mask, ids)
+    if max_response_len is None:
+        return PromptBatch(prompt, prompt_mask, priv, priv_mask, ids)
+    response, response_mask = gold_responses(examples, tok, max_response_len)
+    return PromptBatch(prompt, prompt_mask, priv, priv_mask, ids, response, response_mask)
+
+
+def gold_responses(examples: Sequence[Example], tok, width: int):
+    """``(ids, mask)`` ``[B, width]`` of the examples' gold ``y [EOS]``, right-padded."""
+    rows = []
+    for row, ex in enumerate(examples):
+        if ex.response is None:
+            raise ValueError(
+                f"row {row}: example {ex.prompt[:60]!r} has no gold response "
+                "(off-policy batches need one, or the teacher's samples: seq_kd)"
+            )
+        rows.append((tok.encode(ex.response) + [tok.eos_id])[:width])
+    return _pad(rows, width, False, tok.pad_id)
 
 
 def _sft_forms(form: str | Sequence[str]) -> tuple[str, ...]:

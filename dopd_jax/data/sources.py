@@ -79,6 +79,21 @@ class TaskData:
     corpus: Callable[[], list[str]]
     train_sample: list[Example]
     train_examples: Callable[[], list[Example]] | None = None
+    domains: tuple[str, ...] = ()  # the domains of a multi-domain task (MOPD), in order
+
+    def train_domains(self, batch_size: int, seed: int, domains) -> Any:
+        """``train`` restricted to ``domains`` (all of them when empty)."""
+        if not domains or tuple(domains) == self.domains:
+            return self.train(batch_size, seed)
+        unknown = sorted(set(domains) - set(self.domains))
+        if unknown:
+            raise ValueError(
+                f"training domains {unknown} are not among the task's domains {list(self.domains)}"
+            )
+        if self.train_examples is None:
+            return self.train(batch_size, seed, domains=tuple(domains))
+        keep = [i for i, ex in enumerate(self.train_examples()) if ex.domain in domains]
+        return self.train(batch_size, seed, keep=keep)
 
 
 class Subset:
@@ -113,25 +128,43 @@ def _generated_kwargs(spec: TaskSpec) -> dict:
     return kw
 
 
-def generated_task(spec: TaskSpec, seed: int, workdir: str = "") -> TaskData:
-    """The generated family ``spec.domain`` (train stream, test and hard sets)."""
-    kw = _generated_kwargs(spec)
-    generated.get_domain(spec.domain)
+def task_domains(spec: TaskSpec) -> tuple[str, ...]:
+    """The generated domains of ``task.domain`` (one name, or several comma-separated)."""
+    domains = tuple(d.strip() for d in spec.domain.split(",") if d.strip())
+    if not domains or len(set(domains)) != len(domains):
+        raise ValueError(f"config.task.domain: need distinct domain names, got {spec.domain!r}")
+    for d in domains:
+        generated.get_domain(d)
+    return domains
 
-    def train(batch_size, stream_seed):
-        difficulty = {spec.domain: kw["difficulty"]} if "difficulty" in kw else None
+
+def generated_task(spec: TaskSpec, seed: int, workdir: str = "") -> TaskData:
+    """The generated family ``spec.domain``: train stream, test and hard sets; with
+    several domains (``"arith,sort"``) a uniform mix and one test set per domain."""
+    kw = _generated_kwargs(spec)
+    all_domains = task_domains(spec)
+
+    def train(batch_size, stream_seed, domains=all_domains):
+        difficulty = {d: kw["difficulty"] for d in domains} if "difficulty" in kw else None
         return TrainStream(
-            [spec.domain],
+            list(domains),
             batch_size,
             stream_seed,
             difficulty=difficulty,
             misleading_fraction=spec.misleading_fraction,
         )
 
-    evals = {
-        "test": generated.generate(spec.domain, spec.n_test, seed + 1, split="test", **kw),
-        "hard": generated.generate(spec.domain, spec.n_hard, seed + 2, split="hard", **kw),
-    }
+    if len(all_domains) == 1:
+        (d,) = all_domains
+        evals = {
+            "test": generated.generate(d, spec.n_test, seed + 1, split="test", **kw),
+            "hard": generated.generate(d, spec.n_hard, seed + 2, split="hard", **kw),
+        }
+    else:
+        evals = {
+            f"test_{d}": generated.generate(d, spec.n_test, seed + 1, split="test", **kw)
+            for d in all_domains
+        }
     verifier = _verifier(spec, default=generated.verify)
     return TaskData(
         train=train,
@@ -141,6 +174,7 @@ def generated_task(spec: TaskSpec, seed: int, workdir: str = "") -> TaskData:
             sorted(generated.DOMAINS), spec.corpus_size, seed
         ),
         train_sample=train(256, seed).batch(0),
+        domains=all_domains if len(all_domains) > 1 else (),
     )
 
 

@@ -4,6 +4,9 @@
     opd      vanilla OPD (T->S) and Priv.T->S
     opsd     on-policy self-distillation
     dopd     dual on-policy distillation (+ its collapse monitor)
+    gkd      generalized KD: on-policy share lmbda, gold or teacher samples
+    grpo     group-relative policy optimization on the task verifier
+    mopd     multi-teacher OPD (one teacher per domain) and Param-Merge
 
 ``get_method`` takes a registered name or an import path
 ``package.module:NAME`` to a ``Method`` in the user's own code.
@@ -23,10 +26,13 @@ from dopd_jax.methods.base import (
     priv_student_pass,
 )
 from dopd_jax.methods.dopd import DOPD, DOPDConfig
+from dopd_jax.methods.gkd import GKD, GKDConfig
+from dopd_jax.methods.grpo import GRPO, GRPOConfig
+from dopd_jax.methods.mopd import MERGE, MOPD, MergeConfig, MOPDConfig
 from dopd_jax.methods.opd import OPD, PRIVT, OPDConfig
 from dopd_jax.methods.opsd import OPSD, OPSDConfig
 
-METHODS: dict[str, Method] = {m.name: m for m in (OPD, PRIVT, OPSD, DOPD)}
+METHODS: dict[str, Method] = {m.name: m for m in (OPD, PRIVT, OPSD, DOPD, GKD, GRPO, MOPD, MERGE)}
 
 
 def register(method: Method) -> Method:
@@ -59,6 +65,14 @@ __all__ = [
     "BatchRefs",
     "DOPD",
     "DOPDConfig",
+    "GKD",
+    "GKDConfig",
+    "GRPO",
+    "GRPOConfig",
+    "MERGE",
+    "MOPD",
+    "MOPDConfig",
+    "MergeConfig",
     "METHODS",
     "Method",
     "OPD",

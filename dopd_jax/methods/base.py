@@ -99,13 +99,22 @@ class Method:
       loss: ``(student_BTV, targets, rollout, cfg, *, chunk_size, refs) ->
         (loss, metrics)``; ``targets[slot]`` are stop-gradient logits
         ``[B, T, V]`` aligned with ``rollout.tokens_BT``.
-      main_target: the slot the per-token diagnostics compare with.
+      main_target: the slot the per-token diagnostics compare with (None:
+        the method has no target, e.g. GRPO without a KL term).
       description: one line for listings.
       requires: example fields the method needs from the data
         (``"privileged"``, ``"response"``), checked before training.
       batch_refs: optional ``BatchRefs`` (needed to micro-batch the loss).
       monitor: optional ``() -> monitor`` with ``update(step, metrics) ->
         [warnings]`` and ``state() / from_state(dict)`` (host side).
+      responses: optional ``cfg -> {source: probability}`` over ``student``,
+        ``teacher`` and ``gold`` (``steps.responses``); None: on-policy only.
+      needs_reward: ``cfg -> bool``; True makes the host loop score every
+        rollout with the task's verifier before the update
+        (``Rollout.reward_B`` and the group advantage ``advantage_B``).
+      prepare: optional ``(cfg, student_params, teachers) -> params``, the
+        run's starting parameters built from the student init and the teacher
+        params by role (Param-Merge); None starts from the student init.
     """
 
     name: str
@@ -113,11 +122,14 @@ class Method:
     config_cls: type
     passes: Callable[[Any], Mapping[str, Pass]]
     loss: Callable[..., tuple[Any, dict]]
-    main_target: str
+    main_target: str | None
     description: str = ""
     requires: tuple[str, ...] = ()
     batch_refs: BatchRefs | None = None
     monitor: Callable[[], Any] | None = None
+    responses: Callable[[Any], Mapping[str, float]] | None = None
+    needs_reward: Callable[[Any], bool] = lambda cfg: False
+    prepare: Callable[..., Any] | None = None
 
     def make_config(self, overrides: Mapping[str, Any] | None = None, where: str = ""):
         """The method's config with ``overrides`` applied; unknown fields are named."""
@@ -129,6 +141,19 @@ class Method:
             return "none"
         mode = getattr(cfg, "priv_student", "frozen")
         return mode if mode in REF_UPDATES else "frozen"
+
+    def teacher_roles(self, cfg) -> set[str]:
+        """Teacher roles the method's passes and responses read."""
+        roles = {p.role for p in self.passes(cfg).values() if p.is_teacher}
+        if self.responses is not None and self.responses(cfg).get("teacher", 0) > 0:
+            roles.add(getattr(cfg, "teacher_role", "teacher"))
+        return roles
+
+    def required_fields(self, cfg) -> set[str]:
+        """Example fields the method reads: ``requires``, plus ``response`` where it
+        trains on gold responses."""
+        gold = self.responses is not None and self.responses(cfg).get("gold", 0) > 0
+        return set(self.requires) | ({"response"} if gold else set())
 
     def needs_privilege(self, cfg) -> bool:
         return any(p.prefix == "x+p" for p in self.passes(cfg).values())

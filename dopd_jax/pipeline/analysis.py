@@ -35,8 +35,9 @@ def capture_token_stats(
     """
     state = steps_lib.TrainState(student.params, None, student.params, np.int32(0))
     graphdefs = {"student": student.graphdef, "teacher": teacher.graphdef}
-    ro = steps_lib.rollout_step(graphdefs, spec, state, batch, key)
-    targets = steps_lib.score_step(graphdefs, spec, state, {"teacher": teacher.params}, batch, ro)
+    teachers = {"teacher": teacher.params}
+    ro = steps_lib.rollout_step(graphdefs, spec, state, teachers, batch, key)
+    targets = steps_lib.score_step(graphdefs, spec, state, teachers, batch, ro)
     stats = routing.privilege_stats(targets["priv_student"], targets["priv_teacher"], ro.tokens_BT)
     out = {k: np.asarray(v) for k, v in jax.device_get(stats).items()}
     out["mask"] = np.asarray(ro.mask_BT)

@@ -143,6 +143,13 @@ def base_config() -> ml_collections.ConfigDict:
         # Per-device memory limit (GB) checked against the compiled steps where the
         # device reports none (CPU); 0 = no check there.
         memory_budget_gb=0.0,
+        # Multi-domain tasks (task.domain="arith,sort"): train a run on some domains only,
+        # or start it from an earlier run's student ("run:NAME"; "" = the student init).
+        domains=(),
+        init="",
+        # MOPD: one teacher per domain, role teacher/<domain>: "teacher" (the teacher
+        # above) or "run:NAME" (an earlier run's student, e.g. a GRPO run on that domain).
+        teachers={},
         # Named variants usable in ``methods``: a method plus overrides of its config
         # (``method_args``) or of distill fields.
         variants=dict(

@@ -6,10 +6,12 @@ import os
 
 import ml_collections
 
+from dopd_jax.data import sources
 from dopd_jax.methods import pass_from_name
 from dopd_jax.models.chat import P_POSITIONS
 from dopd_jax.pipeline import hf_models
 from dopd_jax.pipeline.specs import ExperimentSpec, ModelSpec, RunSpec, experiment_spec
+from dopd_jax.steps.scoring import ROUTED_TEACHER
 
 MODEL_SOURCES = ("scratch", "workdir:PATH", "hf:PATH")
 CHAT_TEMPLATES = ("none", "checkpoint")
@@ -66,8 +68,73 @@ def validate(c: ml_collections.ConfigDict) -> ExperimentSpec:
     _check(spec.eval.avg_k >= 0, "eval.avg_k", f"must be >= 0, got {spec.eval.avg_k}")
     _validate_tokenizer(spec)
     _validate_mesh(spec)
+    _validate_run_graph(spec)
+    if spec.task.source == "generated":
+        check_domains(spec, sources.task_domains(spec.task))
     hf_models.check_sources(spec)  # checkpoint files, tokenizer, shared vocabulary
     return spec
+
+
+def _uses_domain_teachers(r: RunSpec) -> bool:
+    roles = r.method.teacher_roles(r.config)
+    return ROUTED_TEACHER in roles or r.method.prepare is not None
+
+
+def _validate_run_graph(spec: ExperimentSpec) -> None:
+    """Run sources name earlier runs; runs that read domain teachers have them."""
+    names = [r.name for r in spec.runs]
+    teacher_runs = {s[len("run:") :] for _, s in spec.domain_teachers if s.startswith("run:")}
+    for domain, source in spec.domain_teachers:
+        ok = source == "teacher" or (source.startswith("run:") and source[4:] in names)
+        _check(
+            ok,
+            f"distill.teachers.{domain}",
+            f"must be 'teacher' or 'run:NAME' with NAME in distill.methods {names}, got {source!r}",
+        )
+    for i, r in enumerate(spec.runs):
+        if r.init:
+            _check(
+                r.init.startswith("run:") and r.init[4:] in names[:i],
+                "distill.init",
+                f"run {r.name!r}: must be '' (the student init) or 'run:NAME' of an earlier "
+                f"run in distill.methods {names[:i]}, got {r.init!r}",
+            )
+        if _uses_domain_teachers(r):
+            _check(
+                bool(spec.domain_teachers),
+                "distill.teachers",
+                f"run {r.name!r} ({r.method.name}) reads one teacher per domain: set "
+                "distill.teachers = {domain: 'teacher' | 'run:NAME'}",
+            )
+            late = sorted(t for t in teacher_runs if t not in names[:i])
+            _check(
+                not late,
+                "distill.methods",
+                f"run {r.name!r} reads the domain teachers {late}: list them before it",
+            )
+
+
+def check_domains(spec: ExperimentSpec, task_domains) -> None:
+    """Every domain of the task has a teacher and every teacher has prompts; runs
+    train on domains the task has."""
+    known = list(task_domains)
+    if spec.domain_teachers:
+        given = [d for d, _ in spec.domain_teachers]
+        missing = sorted(set(known) - set(given))
+        extra = sorted(set(given) - set(known))
+        _check(
+            not missing and not extra,
+            "distill.teachers",
+            f"the task's domains are {known}; domains without a teacher: {missing}, "
+            f"teachers without prompts: {extra}",
+        )
+    for r in spec.runs:
+        bad = sorted(set(r.domains) - set(known))
+        _check(
+            not bad,
+            "distill.domains",
+            f"run {r.name!r}: domains {bad} are not among the task's domains {known}",
+        )
 
 
 def _validate_tokenizer(spec: ExperimentSpec) -> None:
@@ -135,8 +202,11 @@ def _check_run(r: RunSpec) -> None:
     _check(r.checkpoint_every >= 0, f"{key}.checkpoint_every", "must be >= 0 (0 = only at the end)")
     _check(r.eval_every >= 0, f"{key}.eval_every", "must be >= 0 (0 = no in-run evaluation)")
     _check(r.optim.warmup_steps >= 0, f"{key}.warmup_steps", "must be >= 0")
+    if r.method.prepare is not None and r.method.name == "merge":
+        _check(r.steps == 0, f"{key}.steps", f"merge trains nothing: needs steps=0, got {r.steps}")
+    else:
+        _check(r.steps >= 1, f"{key}.steps", f"must be >= 1, got {r.steps}")
     for field in (
-        "steps",
         "batch_prompts",
         "n_samples",
         "max_new_tokens",

@@ -124,6 +124,10 @@ def build_context(spec: ExperimentSpec, workdir: str, log) -> Context:
     """Prepares the task and tokenizer and checks the data before anything compiles."""
     _prepare_task(spec, workdir)
     task = sources.build_task(spec.task, spec.seed, workdir)
+    if spec.domain_teachers or any(r.domains for r in spec.runs):
+        from dopd_jax.pipeline import config_checks
+
+        config_checks.check_domains(spec, task.domains)
     tok = load_tokenizer(spec, workdir, task)
     task = data_checks.check_task(spec, task, tok, log)
     return Context(spec, workdir, tok, task, log, sharding.make_mesh(dict(spec.mesh)))

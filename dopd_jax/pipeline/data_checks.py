@@ -70,7 +70,7 @@ def _apply_limit(name: str, examples: list, bad: dict, spec: ExperimentSpec, log
 
 
 def _check_fields(spec: ExperimentSpec, task: sources.TaskData) -> None:
-    needs = {f for r in spec.runs for f in r.method.requires}
+    needs = {f for r in spec.runs for f in r.method.required_fields(r.config)}
     if any(m.source == "scratch" for m in (spec.teacher, spec.student)):
         needs.add("response")
     jsonl.required_fields(task.train_sample, sorted(needs - {"privileged"}), "training data")

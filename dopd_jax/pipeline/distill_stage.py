@@ -14,9 +14,10 @@ from dopd_jax import sharding
 from dopd_jax.data import encode
 from dopd_jax.pipeline import evaluation, hf_models, memory_check
 from dopd_jax.pipeline.context import Context
+from dopd_jax.pipeline.run_models import RunModels
 from dopd_jax.pipeline.sft_stage import Model, make_optimizer, stage_checkpointer
 from dopd_jax.pipeline.specs import RunSpec
-from dopd_jax.steps import DistillSpec, SamplerConfig, make_distill_fns, microbatch
+from dopd_jax.steps import DistillSpec, SamplerConfig, make_distill_fns, microbatch, outcome
 from dopd_jax.trainer import checkpoints, loop, params_io
 
 SUMMARY_KEYS = (
@@ -39,7 +40,7 @@ SUMMARY_KEYS = (
 DISTILL_SEED, KEY_SEED = 300, 400  # offsets of the prompt stream's and the run key's seeds
 
 
-def make_spec(run: RunSpec, tok) -> DistillSpec:
+def make_spec(run: RunSpec, tok, domains: tuple[str, ...] = ()) -> DistillSpec:
     """The static step description of a run."""
     sampler = SamplerConfig(
         max_new_tokens=run.max_new_tokens,
@@ -59,6 +60,7 @@ def make_spec(run: RunSpec, tok) -> DistillSpec:
         chunk_size=run.chunk_size,
         diag_top_k=run.diag_top_k,
         rollout_batch=run.rollout_batch,
+        domains=domains,
     )
 
 
@@ -84,14 +86,15 @@ def _check_memory(ctx: Context, run: RunSpec, fns, state, teachers, batches, key
     return itertools.chain([first], batches)
 
 
-def _resume_config(ctx: Context, run: RunSpec, teacher: Model, student: Model) -> dict:
+def _resume_config(ctx: Context, run: RunSpec, models: RunModels) -> dict:
     kept = {
         k: v
         for k, v in run.identity().items()
         if k not in ("checkpoint_every", "eval_every", "eval_n")
     }
-    # The frozen teacher is not saved with the run: it is named by its parameters' digest.
-    return {
+    teacher, student = models.teacher, models.start
+    # The frozen teachers are not saved with the run: they are named by their digests.
+    out = {
         "distill": kept,
         "seed": ctx.spec.seed,
         "task": dataclasses.asdict(ctx.spec.task),
@@ -100,14 +103,18 @@ def _resume_config(ctx: Context, run: RunSpec, teacher: Model, student: Model) -
         "student_model": dataclasses.asdict(student.config),
         "student_init_params": params_io.tree_digest(student.params),
     }
+    for d, m in models.domain_teachers.items():
+        out[f"teacher_params/{d}"] = params_io.tree_digest(m.params)
+    return out
 
 
-def distill_batches(ctx: Context, stream):
+def distill_batches(ctx: Context, stream, spec: DistillSpec | None = None):
     """Yields ``(examples, PromptBatch)`` of a (possibly resumed) prompt stream.
 
     ``examples`` is the whole batch; the batch holds global arrays to which each
     process feeds its own rows (``sharding.to_global_batch``)."""
     t = ctx.spec.task
+    gold = spec is not None and "gold" in spec.response_mix
     for examples in stream:
         batch = encode.encode_prompts(
             examples,
@@ -115,6 +122,8 @@ def distill_batches(ctx: Context, stream):
             form=t.priv_form,
             max_prompt_len=t.max_prompt_len,
             max_priv_len=t.max_priv_len,
+            domains=(spec.domains or None) if spec is not None else None,
+            max_response_len=spec.sampler.max_new_tokens if gold else None,
         )
         yield examples, sharding.to_global_batch(batch, ctx.mesh)
 
@@ -215,6 +224,17 @@ def _hooks(
     reward = functools.partial(
         evaluation.rollout_reward, ctx.tok, ctx.task.verifier, n_samples=run.n_samples
     )
+    attach = None
+    if run.method.needs_reward(run.config):
+
+        def attach(examples, ro):
+            rewards = evaluation.row_rewards(
+                ctx.tok, ctx.task.verifier, examples, run.n_samples, ro
+            )
+            place = functools.partial(sharding.to_global_batch, mesh=ctx.mesh)
+            eps = float(getattr(run.config, "adv_eps", 1e-6))
+            return outcome.with_rewards(ro, rewards, run.n_samples, place, eps)
+
     return loop.LoopHooks(
         write=write,
         progress=lambda s, m: progress.advance(run.log_every, m),
@@ -226,6 +246,7 @@ def _hooks(
         warn=lambda msg: ctx.log(f"WARNING [{run.name}] {msg}"),
         checkpoint=save,
         checkpoint_every=run.checkpoint_every,
+        attach_rewards=attach,
     )
 
 
@@ -236,24 +257,31 @@ def _monitor(run: RunSpec, saved: dict | None):
     return monitor if saved is None else type(monitor).from_state(saved)
 
 
+def _start_params(run: RunSpec, models: RunModels):
+    """The run's starting parameters: the start student, or the method's ``prepare``."""
+    if run.method.prepare is None:
+        return models.start.params
+    return run.method.prepare(run.config, models.start.params, models.teacher_params())
+
+
 def _run_loop(
     ctx: Context,
     run: RunSpec,
     spec: DistillSpec,
-    teacher: Model,
-    student: Model,
+    models: RunModels,
     sampler,
     writer,
     progress,
 ):
     """Resumes (or starts) and runs the distillation loop; returns (state, history, monitor)."""
     name, seed = f"distill/{run.name}", ctx.spec.seed
-    with stage_checkpointer(ctx, name, _resume_config(ctx, run, teacher, student)) as ckpt:
+    with stage_checkpointer(ctx, name, _resume_config(ctx, run, models)) as ckpt:
         opt = make_optimizer(run.optim)
-        stream = ctx.task.train(run.batch_prompts, seed + DISTILL_SEED)
+        stream = ctx.task.train_domains(run.batch_prompts, seed + DISTILL_SEED, run.domains)
         # New buffers (the update donates its state; student.params stays valid).
         keep_ref = spec.ref_update != "none"
-        init = sharding.init_state_sharded(student.params, opt, ctx.mesh, keep_ref=keep_ref)
+        params = _start_params(run, models)
+        init = sharding.init_state_sharded(params, opt, ctx.mesh, keep_ref=keep_ref)
         key = jax.random.key(seed + KEY_SEED)
         start, state, key, extra = checkpoints.resume(
             ckpt, name, init, key, stream, workdir=ctx.workdir, log=ctx.log
@@ -268,11 +296,10 @@ def _run_loop(
             ckpt.save(step, st, key, extra)
 
         hooks = _hooks(ctx, run, spec, sampler, writer, progress, history, monitor, save)
-        teachers = {"teacher": teacher.params}
-        graphdefs = {"student": student.graphdef, "teacher": teacher.graphdef}
+        teachers = models.teacher_params()
         shardings = sharding.step_shardings(ctx.mesh, opt, state, teachers)
-        fns = make_fns(graphdefs, opt, spec, run, shardings)
-        batches = distill_batches(ctx, stream)
+        fns = make_fns(models.graphdefs(), opt, spec, run, shardings)
+        batches = distill_batches(ctx, stream, spec)
         if start < run.steps:
             batches = _check_memory(ctx, run, fns, state, teachers, batches, key)
         with loop.sigterm_flag() as stop:
@@ -283,19 +310,20 @@ def _run_loop(
     return state, history, monitor
 
 
-def distill_stage(
-    ctx: Context, run: RunSpec, teacher: Model, student: Model, writer, progress
-) -> dict:
-    """Distils the student init with ``run``; checkpoints into ``ckpt/distill/<run>``.
+def distill_stage(ctx: Context, run: RunSpec, models: RunModels, writer, progress):
+    """Distils ``models.start`` with ``run``; checkpoints into ``ckpt/distill/<run>``.
 
     Returns:
-      the evaluation summary: accuracies, end-of-run metric means, warnings.
+      ``(result, params)``: the evaluation summary (accuracies, end-of-run metric
+      means, warnings) and the final student parameters.
     """
-    check_vocab(teacher.config, student.config)
-    spec = make_spec(run, ctx.tok)
+    student = models.start
+    for m in [models.teacher, *models.domain_teachers.values()]:
+        check_vocab(m.config, student.config)
+    spec = make_spec(run, ctx.tok, ctx.task.domains)
     progress.stage(f"distill/{run.name}")
     sampler = eval_sampler(ctx, student.graphdef)
-    state, history, monitor = _run_loop(ctx, run, spec, teacher, student, sampler, writer, progress)
+    state, history, monitor = _run_loop(ctx, run, spec, models, sampler, writer, progress)
     if ctx.spec.student.hf_path is not None:
         _export(ctx, run, state.params, student)
     result = full_eval(ctx, dataclasses.replace(student, params=state.params), sampler)
@@ -305,7 +333,7 @@ def distill_stage(
     result["final"] = _summarize(history)
     result["warnings"] = [] if monitor is None else sorted(monitor.raised)
     result.update(method=run.method.name, label=run.label)
-    return result
+    return result, state.params
 
 
 def _export(ctx: Context, run: RunSpec, params, student: Model) -> None:
@@ -318,5 +346,7 @@ def _export(ctx: Context, run: RunSpec, params, student: Model) -> None:
 
 def _summarize(history: list[dict]) -> dict:
     """Means of the last quarter of logged records (a stable end-of-run value)."""
+    if not history:  # a run that trains nothing (merge)
+        return {}
     tail = history[-max(1, len(history) // 4) :]
     return {k: float(np.mean([h[k] for h in tail])) for k in SUMMARY_KEYS if k in tail[-1]}

@@ -102,9 +102,9 @@ def accuracy(
     }
 
 
-def rollout_reward(tok, verifier: Callable, examples, n_samples: int, ro) -> dict:
-    """Fraction of sampled responses the verifier accepts (host side; with several
-    processes the rollout is gathered, a collective every process must call)."""
+def row_rewards(tok, verifier: Callable, examples, n_samples: int, ro) -> np.ndarray:
+    """float32 [B]: 1 where the verifier accepts a rollout row's response (host side;
+    with several processes the rollout is gathered, a collective every process must call)."""
     tokens_BT, mask_BT = sharding.to_host((ro.tokens_BT, ro.mask_BT))
     ok = [
         verifier(
@@ -112,4 +112,19 @@ def rollout_reward(tok, verifier: Callable, examples, n_samples: int, ro) -> dic
         )
         for row in range(tokens_BT.shape[0])
     ]
-    return {"reward": float(np.mean(ok))}
+    return np.asarray(ok, np.float32)
+
+
+def rollout_reward(tok, verifier: Callable, examples, n_samples: int, ro) -> dict:
+    """Mean reward of a rollout, and per domain (``reward/<domain>``) for mixed batches.
+    Uses ``ro.reward_B`` when the step already has it."""
+    if ro.reward_B is not None:
+        reward = np.asarray(sharding.to_host(ro.reward_B), np.float32)
+    else:
+        reward = row_rewards(tok, verifier, examples, n_samples, ro)
+    out = {"reward": float(np.mean(reward))}
+    domains = [examples[row // n_samples].domain for row in range(len(reward))]
+    if len(set(domains)) > 1:
+        for d in sorted(set(domains)):
+            out[f"reward/{d}"] = float(np.mean([r for r, x in zip(reward, domains) if x == d]))
+    return out

@@ -52,8 +52,8 @@ def phase_memory(fns, state, teachers, batch, key) -> dict:
     Lowers each jitted phase for the given values (abstract shapes suffice for
     the later phases, taken with ``jax.eval_shape``); nothing runs.
     """
-    out = {"rollout": _bytes(fns.rollout.lower(state, batch, key).compile())}
-    ro = jax.eval_shape(fns.rollout, state, batch, key)
+    out = {"rollout": _bytes(fns.rollout.lower(state, teachers, batch, key).compile())}
+    ro = jax.eval_shape(fns.rollout, state, teachers, batch, key)
     fused = getattr(fns.update, "fused", None)  # micro-batched: scores and updates at once
     if fused is not None:
         out["update"] = _bytes(fused.lower(state, teachers, batch, ro).compile())

@@ -72,4 +72,49 @@ def format_table(results: dict) -> str:
         )
         if r.get("warnings"):
             lines.append(f"{'':<22} warnings: {', '.join(r['warnings'])}")
+    normalized = format_normalized(results)
+    return "\n".join(lines + (["", normalized] if normalized else []))
+
+
+def normalized_scores(results: dict, domain_teachers) -> dict:
+    """MOPD's normalized score of every run (methods.md section 7).
+
+    Per domain d, ``(s_d - s_SFT) / (s_teacher_d - s_SFT)`` on the evaluation set
+    ``test_<d>`` (greedy, no p), with ``s_SFT`` the student init and
+    ``s_teacher_d`` d's teacher (``distill.teachers``); ``mean`` averages the
+    domains uniformly. None where a teacher does not beat the student init on
+    its domain (the ratio has no meaning) or a score is missing.
+
+    Returns:
+      ``{run: {"<domain>": score | None, ..., "mean": score | None}}``.
+    """
+    refs, runs = results.get("references", {}), results.get("methods", {})
+    sft = refs.get("student_init", {})
+    out = {}
+    for name, r in runs.items():
+        row = {}
+        for d, source in domain_teachers:
+            key = f"acc_test_{d}"
+            teacher = refs.get("teacher", {}) if source == "teacher" else runs.get(source[4:], {})
+            s, s0, st = r.get(key), sft.get(key), teacher.get(key)
+            ok = None not in (s, s0, st) and st > s0
+            row[d] = (s - s0) / (st - s0) if ok else None
+        scores = list(row.values())
+        row["mean"] = None if None in scores else sum(scores) / len(scores)
+        out[name] = row
+    return out
+
+
+def format_normalized(results: dict) -> str:
+    """The normalized-score table (one row per run, one column per domain, then mean)."""
+    table = results.get("normalized")
+    if not table:
+        return ""
+    domains = [d for d in next(iter(table.values())) if d != "mean"]
+    head = f"{'normalized score':<22} " + " ".join(f"{d[:8]:>8}" for d in domains + ["mean"])
+    lines = [head, "-" * len(head)]
+    for name, row in table.items():
+        label = results["methods"][name].get("label") or name
+        cells = " ".join(f"{_num(row[d]):>8}" for d in domains + ["mean"])
+        lines.append(f"{label:<22} {cells}")
     return "\n".join(lines)

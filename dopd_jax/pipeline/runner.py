@@ -15,10 +15,9 @@ import jax
 import ml_collections
 
 from dopd_jax.pipeline import config as config_lib
-from dopd_jax.pipeline import config_checks
+from dopd_jax.pipeline import config_checks, report, run_models
 from dopd_jax.pipeline.context import Progress, build_context
 from dopd_jax.pipeline.distill_stage import distill_stage, full_eval
-from dopd_jax.pipeline.report import format_table
 from dopd_jax.pipeline.sft_stage import model_stage
 from dopd_jax.pipeline.specs import ExperimentSpec, without_memory_knobs
 from dopd_jax.trainer.metric_writer import MetricWriter, NullMetricWriter
@@ -84,7 +83,7 @@ def run_experiment(
         progress.close()
     results["config"] = cfg.to_dict()
     _save_json(os.path.join(workdir, "results.json"), results)
-    log(format_table(results))
+    log(report.format_table(results))
     return results
 
 
@@ -93,21 +92,29 @@ def _run_stages(spec: ExperimentSpec, workdir: str, writer, progress, log) -> di
     teacher = model_stage(ctx, spec.teacher, writer, progress)
     student = model_stage(ctx, spec.student, writer, progress)
     refs = _references(ctx, teacher, student, workdir)
-    runs = {}
+    runs, finished, kept = {}, {}, spec.run_refs()
     for run in spec.runs:
         path = os.path.join(workdir, "runs", run.name, "result.json")
-        result = _load_json(path)
+        result, params = _load_json(path), None
         saved = None if result is None else without_memory_knobs(result.get("run_spec", {}))
         if saved != run.identity():
             t0 = time.perf_counter()
-            result = distill_stage(ctx, run, teacher, student, writer, progress)
+            models = run_models.resolve(ctx, run, teacher, student, finished)
+            result, params = distill_stage(ctx, run, models, writer, progress)
             result["wall_time_s"] = time.perf_counter() - t0
             result["run_spec"] = run.to_json()
+            if run.name in kept:  # before result.json: a finished run has its params
+                finished[run.name] = run_models.keep(ctx, run.name, params, student)
             _save_json(path, result)
         else:
             progress.skip(run.steps)
+            if run.name in kept:
+                finished[run.name] = run_models.keep(ctx, run.name, None, student)
         runs[run.name] = result
-    return {"references": refs, "methods": runs}
+    out = {"references": refs, "methods": runs}
+    if spec.domain_teachers:
+        out["normalized"] = report.normalized_scores(out, spec.domain_teachers)
+    return out
 
 
 def _references(ctx, teacher, student, workdir) -> dict:

@@ -63,7 +63,7 @@ def stage_checkpointer(ctx: Context, stage: str, config: dict):
     )
 
 
-def _load_into(ctx: Context, model: Model, path: str) -> Model:
+def load_into(ctx: Context, model: Model, path: str) -> Model:
     params = params_io.load_params(path, model.params)  # in model.params' shardings
     if jax.process_count() == 1:
         params = sharding.shard_params(params, ctx.mesh)
@@ -83,7 +83,7 @@ def _restored(ctx: Context, m: ModelSpec) -> Model:
         saved = json.load(f)
     key = "teacher" if m.name == "teacher" else "student"
     model = init_model(ctx, saved[key]["model"], m.seed)
-    return _load_into(ctx, model, os.path.join(root, m.name))
+    return load_into(ctx, model, os.path.join(root, m.name))
 
 
 def _sft_batches(ctx: Context, m: ModelSpec, stream, start: int):
@@ -171,7 +171,7 @@ def model_stage(ctx: Context, m: ModelSpec, writer, progress) -> Model:
         return _restored(ctx, m)
     if params_io.has_params(path):
         progress.skip(m.steps)
-        return _load_into(ctx, init_model(ctx, m.arch_dict(), m.seed), path)
+        return load_into(ctx, init_model(ctx, m.arch_dict(), m.seed), path)
     progress.stage(m.name)
     model = _train(ctx, m, writer, progress)
     params_io.save_params(path, model.params)

@@ -110,6 +110,8 @@ class RunSpec:
     remat: bool = False
     rollout_batch: int = 0  # prompts per sampler call (0: the whole batch at once)
     memory_budget_gb: float = 0.0  # per-device limit where the device reports none
+    domains: tuple[str, ...] = ()  # train on these domains of the task only (() = all)
+    init: str = ""  # "" = the student init; "run:NAME" = the final student of run NAME
 
     def identity(self) -> dict:
         """``to_json`` without the knobs that change memory, not results: a run may be
@@ -128,8 +130,16 @@ class RunSpec:
 MEMORY_KNOBS = ("num_microbatches", "remat", "memory_budget_gb", "chunk_size")
 
 
+# Fields added after workdirs existed: left out at their defaults, so old results match.
+_NEW_DEFAULTS = {"domains": [], "init": ""}
+
+
 def without_memory_knobs(run_json: dict) -> dict:
-    return {k: v for k, v in run_json.items() if k not in MEMORY_KNOBS}
+    return {
+        k: v
+        for k, v in run_json.items()
+        if k not in MEMORY_KNOBS and not (k in _NEW_DEFAULTS and v == _NEW_DEFAULTS[k])
+    }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,6 +161,13 @@ class ExperimentSpec:
     student: ModelSpec
     runs: tuple[RunSpec, ...]
     eval: EvalSpec
+    # domain -> source of its teacher ("teacher" or "run:NAME"): the roles teacher/<domain>
+    domain_teachers: tuple[tuple[str, str], ...] = ()
+
+    def run_refs(self) -> set[str]:
+        """Runs whose final student a later run reads (as a domain teacher or an init)."""
+        sources = [s for _, s in self.domain_teachers] + [r.init for r in self.runs]
+        return {s[len("run:") :] for s in sources if s.startswith("run:")}
 
     def stage_json(self) -> dict:
         """What the SFT stages and the tokenizer depend on (a workdir's identity)."""
@@ -305,6 +322,8 @@ def run_spec(c, name: str) -> RunSpec:
         remat=bool(d.get("remat", False)),
         rollout_batch=d.get("rollout_batch", 0),
         memory_budget_gb=float(d.get("memory_budget_gb", 0.0)),
+        domains=tuple(d.get("domains", ())),
+        init=d.get("init", ""),
     )
 
 
@@ -328,4 +347,5 @@ def experiment_spec(c: ml_collections.ConfigDict) -> ExperimentSpec:
             avg_k=c.eval.avg_k,
             temperature=c.eval.temperature,
         ),
+        domain_teachers=tuple(sorted((c.distill.get("teachers") or {}).items())),
     )

@@ -275,7 +275,8 @@ class StepShardings:
         """``in_shardings`` / ``out_shardings`` of one step phase for ``jax.jit``."""
         s, rows, rep = self.state, self.rows, self.replicated
         table = {  # phase: (in_shardings, out_shardings) over its positional args
-            "rollout": ((s, rows, rep), rows),  # (state, batch, key) -> Rollout
+            # (state, teachers, batch, key) -> Rollout (teachers: {} or None for on-policy)
+            "rollout": ((s, self.teachers, rows, rep), rows),
             "score": (
                 (s, self.teachers, rows, rows),
                 rows,
@@ -287,7 +288,7 @@ class StepShardings:
             raise ValueError(f"unknown step phase {phase!r}; valid: {sorted(table)}")
         if phase == "score" and self.teachers is None:
             raise ValueError(
-                "the score phase needs teacher shardings: pass teacher_params to step_shardings"
+                "the score phase needs teacher shardings: pass the teachers to step_shardings"
             )
         return {"in_shardings": table[phase][0], "out_shardings": table[phase][1]}
 

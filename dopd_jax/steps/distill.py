@@ -26,8 +26,8 @@ from dopd_jax.losses import diagnostics
 from dopd_jax.losses import divergences as div_lib
 from dopd_jax.methods.base import Method, Pass, pass_from_name
 from dopd_jax.state import TrainState, init_state  # noqa: F401 (re-exported)
+from dopd_jax.steps import responses, scoring
 from dopd_jax.steps import rollout as rollout_lib
-from dopd_jax.steps import scoring
 
 DistillBatch = PromptBatch  # the prompt batch of a distillation step
 
@@ -47,6 +47,9 @@ class DistillSpec:
       diag_top_k: K of the top-K agreement diagnostics (clamped to V).
       rollout_batch: prompts per sampler call (0: all of the batch in one call;
         ``rollout.sample_in_chunks``).
+      domains: the domain names ``PromptBatch.domain_ids_B`` indexes; the
+        routed teacher role ``teacher/@domain`` scores row r with the teacher
+        ``teacher/<domains[domain_ids_B[r]]>`` (MOPD).
     """
 
     method: Method
@@ -56,6 +59,12 @@ class DistillSpec:
     chunk_size: int | None = None
     diag_top_k: int = 128
     rollout_batch: int = 0
+    domains: tuple[str, ...] = ()
+
+    @property
+    def response_mix(self) -> dict[str, float]:
+        """Response source -> probability per step (``Method.responses``)."""
+        return responses.response_mix(self.method, self.config)
 
     @property
     def passes(self) -> dict[str, Pass]:
@@ -78,19 +87,17 @@ class DistillSpec:
 
 
 def rollout_step(
-    graphdefs: dict, spec: DistillSpec, state: TrainState, batch: PromptBatch, key: jax.Array
+    graphdefs: dict,
+    spec: DistillSpec,
+    state: TrainState,
+    teachers: dict,
+    batch: PromptBatch,
+    key: jax.Array,
 ) -> rollout_lib.Rollout:
-    """Samples responses from the deployed student (prompt x only)."""
-    key = jax.random.fold_in(key, state.step)
-    return rollout_lib.sample_in_chunks(
-        graphdefs["student"],
-        state.params,
-        batch.prompt_BP,
-        batch.prompt_mask_BP,
-        key,
-        spec.sampler,
-        spec.rollout_batch,
-    )
+    """The responses a step trains on: the deployed student's samples (prompt x only),
+    or, for methods with off-policy batches (``Method.responses``), a teacher's
+    samples or the batch's gold responses, drawn per step from ``key``."""
+    return responses.step_responses(graphdefs, spec, state, teachers, batch, key)
 
 
 def priv_rows(batch: PromptBatch, n_samples: int):
@@ -124,6 +131,7 @@ def score_step(
         ro=ro,
         priv_BQ=priv_BQ,
         priv_mask_BQ=priv_mask_BQ,
+        domains=spec.domains,
     )
     targets = {slot: score(p=p) for slot, p in spec.passes.items()}
     for name, p in spec.diagnostic_passes.items():
@@ -133,14 +141,47 @@ def score_step(
     return targets
 
 
-def rollout_metrics(ro: rollout_lib.Rollout) -> dict:
-    """Response length, truncation and token count of a rollout."""
+def rollout_metrics(ro: rollout_lib.Rollout, domains: tuple[str, ...] = ()) -> dict:
+    """Response length, truncation and token count of a rollout, per domain too where
+    rows carry domains, and the share of on-policy rows where a method mixes sources."""
     lengths_B = ro.mask_BT.sum(-1).astype(jnp.float32)
-    return {
+    out = {
         "response_len": lengths_B.mean(),
         "truncated_frac": ro.truncated_B.astype(jnp.float32).mean(),
         "num_tokens": lengths_B.sum(),
     }
+    if ro.on_policy_B is not None:
+        out["on_policy_frac"] = ro.on_policy_B.astype(jnp.float32).mean()
+    for d, name in enumerate(domains if ro.domain_B is not None else ()):
+        rows_B = (ro.domain_B == d).astype(jnp.float32)
+        out[f"num_tokens/{name}"] = jnp.sum(lengths_B * rows_B)
+        out[f"response_len/{name}"] = out[f"num_tokens/{name}"] / jnp.maximum(rows_B.sum(), 1.0)
+    return out
+
+
+def domain_token_masks(spec: DistillSpec, ro) -> dict:
+    """``domain -> [B, T]`` float mask of its rows' valid tokens (empty without domains)."""
+    if ro.domain_B is None or not spec.domains:
+        return {}
+    valid_BT = ro.mask_BT.astype(jnp.float32)
+    return {
+        name: valid_BT * (ro.domain_B == d).astype(jnp.float32)[:, None]
+        for d, name in enumerate(spec.domains)
+    }
+
+
+def domain_kls(spec: DistillSpec, student_BTV, targets, ro) -> dict:
+    """Sampled-token KL to the main target per domain, ``kl_to_<slot>/<domain>``
+    (methods.md section 9: per teacher for MOPD)."""
+    masks = domain_token_masks(spec, ro)
+    slot = spec.method.main_target
+    if not masks or slot is None:
+        return {}
+    logp = functools.partial(
+        div_lib.sampled_logprobs, tokens_BT=ro.tokens_BT, chunk_size=spec.chunk_size
+    )
+    kl_BT = logp(jax.lax.stop_gradient(student_BTV)) - logp(targets[slot])
+    return {f"kl_to_{slot}/{name}": div_lib.token_mean(kl_BT, m) for name, m in masks.items()}
 
 
 def sampled_kls(spec: DistillSpec, student_BTV, targets, ro) -> dict:
@@ -159,17 +200,23 @@ def sampled_kls(spec: DistillSpec, student_BTV, targets, ro) -> dict:
 
 
 def step_diagnostics(spec: DistillSpec, student_BTV, targets, ro) -> dict:
-    """Per-token diagnostics against the method's main target, and the sampled KLs."""
+    """Per-token diagnostics against the method's main target, the sampled KLs and the
+    per-domain breakdown (a method without a target logs the student's entropy)."""
     student_BTV = jax.lax.stop_gradient(student_BTV)
-    out = diagnostics.token_stats(
-        student_BTV,
-        targets[spec.method.main_target],
-        ro.tokens_BT,
-        ro.mask_BT,
-        top_k=min(spec.diag_top_k, student_BTV.shape[-1]),
-        chunk_size=spec.chunk_size,
-    )
+    if spec.method.main_target is None:
+        ent_BT = div_lib.entropy(student_BTV, spec.chunk_size)
+        out = {"student_entropy": div_lib.token_mean(ent_BT, ro.mask_BT)}
+    else:
+        out = diagnostics.token_stats(
+            student_BTV,
+            targets[spec.method.main_target],
+            ro.tokens_BT,
+            ro.mask_BT,
+            top_k=min(spec.diag_top_k, student_BTV.shape[-1]),
+            chunk_size=spec.chunk_size,
+        )
     out.update(sampled_kls(spec, student_BTV, targets, ro))
+    out.update(domain_kls(spec, student_BTV, targets, ro))
     return out
 
 
@@ -196,7 +243,7 @@ def update_step(
     new_state = apply_gradients(optimizer, spec, state, grads)
     metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
     metrics.update(step_diagnostics(spec, student_BTV, targets, ro))
-    metrics.update(rollout_metrics(ro))
+    metrics.update(rollout_metrics(ro, spec.domains))
     return new_state, metrics
 
 
@@ -221,7 +268,7 @@ def distill_step(
     key: jax.Array,
 ):
     """One on-policy distillation step: ``(state, teachers, batch, key) -> (state, metrics)``."""
-    ro = rollout_step(graphdefs, spec, state, batch, key)
+    ro = rollout_step(graphdefs, spec, state, teachers, batch, key)
     targets = score_step(graphdefs, spec, state, teachers, batch, ro)
     return update_step(graphdefs, optimizer, spec, state, ro, targets)
 
@@ -249,7 +296,7 @@ def make_distill_fns(graphdefs: dict, optimizer, spec: DistillSpec, shardings=No
         in them. The state is donated to the update; the teachers never are.
 
     Returns:
-      DistillFns(rollout(state, batch, key), score(state, teachers, batch, ro),
+      DistillFns(rollout(state, teachers, batch, key), score(state, teachers, batch, ro),
       update(state, ro, targets)), called positionally.
     """
     jit_kwargs = (lambda phase: {}) if shardings is None else shardings.jit_kwargs

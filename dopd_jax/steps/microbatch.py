@@ -61,7 +61,15 @@ def _score_pass(graphdefs, spec, constrain, state, teachers, mb, name):
     p = spec.passes.get(name) or spec.diagnostic_passes[name]
     forward = functools.partial(scoring.forward_logits, constrain=constrain)
     return scoring.score_pass(
-        graphdefs, p, state, teachers, mb["ro"], mb["priv_BQ"], mb["priv_mask_BQ"], forward=forward
+        graphdefs,
+        p,
+        state,
+        teachers,
+        mb["ro"],
+        mb["priv_BQ"],
+        mb["priv_mask_BQ"],
+        forward=forward,
+        domains=spec.domains,
     )
 
 
@@ -85,14 +93,19 @@ def _batch_refs(spec, first_MbT: dict, mask_MbT):
     return spec.method.batch_refs.reduce(spec.config, stats, flat(mask_MbT))
 
 
-def _metric_weights(metrics: dict, mask_BT) -> dict:
-    """Aggregation weight of each metric: valid tokens, or the regime's tokens."""
+def _metric_weights(metrics: dict, mask_BT, domain_masks: dict) -> dict:
+    """Aggregation weight of each metric: valid tokens, the regime's tokens, or the
+    domain's tokens (``<metric>/<domain>``)."""
     n_valid = jnp.sum(mask_BT.astype(jnp.float32))
     weights = {}
     for key in metrics:
         regime = key.split("_", 1)[1] if key.startswith(("loss_", "gap_")) else None
         in_regime = regime in routing.REGIMES and f"frac_{regime}" in metrics
-        weights[key] = metrics[f"frac_{regime}"] * n_valid if in_regime else n_valid
+        domain = key.rsplit("/", 1)[-1] if "/" in key else None
+        if domain in domain_masks:
+            weights[key] = jnp.sum(domain_masks[domain])
+        else:
+            weights[key] = metrics[f"frac_{regime}"] * n_valid if in_regime else n_valid
     return weights
 
 
@@ -135,7 +148,8 @@ def _second_pass(graphdefs, spec, score, remat, constrain, state, refs, n_seq_to
     metrics = dict(metrics)
     metrics.update(steps.step_diagnostics(spec, s_BTV, targets, ro))
     grad_acc = jax.tree.map(lambda a, g: a + g.astype(a.dtype), grad_acc, grads)
-    return grad_acc, (loss, metrics, _metric_weights(metrics, ro.mask_BT))
+    weights = _metric_weights(metrics, ro.mask_BT, steps.domain_token_masks(spec, ro))
+    return grad_acc, (loss, metrics, weights)
 
 
 def _check_rows(spec, num_microbatches, batch, ro, mesh) -> None:
@@ -216,7 +230,7 @@ def microbatched_update_step(
     metrics = _weighted_means(metrics_M, weights_M)
     metrics.update(refs or {})
     metrics.update(loss=jnp.sum(loss_M), grad_norm=optax.tree.norm(grads))
-    metrics.update(steps.rollout_metrics(ro))
+    metrics.update(steps.rollout_metrics(ro, spec.domains))
     return new_state, metrics
 
 

@@ -60,6 +60,11 @@ class Rollout:
     mask_BT: jax.Array  # bool, True up to and including the first EOS
     sampler_logp_BT: jax.Array  # float32, log-prob under the sampling dist.; 0 off-mask
     truncated_B: jax.Array  # bool, True when no EOS within max_new_tokens
+    # Set by the step or the host loop where a method needs them (None otherwise):
+    domain_B: jax.Array | None = None  # int32, each row's domain index (DistillSpec.domains)
+    on_policy_B: jax.Array | None = None  # bool, True where the student sampled the row
+    reward_B: jax.Array | None = None  # float32, the task verifier's reward of the row
+    advantage_B: jax.Array | None = None  # float32, the row's group-normalized reward (GRPO)
 
 
 def repeat_rows(x, n: int):

@@ -113,6 +113,36 @@ def forward_logits(
     return constrain(model.logits(model.final_norm(x_BLD[:, p - 1 : p + t - 1])))
 
 
+ROUTED_TEACHER = "teacher/@domain"  # row r: the teacher of its domain (MOPD)
+
+
+def check_routing(domains, domain_B) -> None:
+    """The routed teacher role needs the domain list and each row's domain index."""
+    if not domains or domain_B is None:
+        raise ValueError(
+            f"role {ROUTED_TEACHER!r} routes rows by domain: it needs DistillSpec.domains "
+            f"(got {tuple(domains)}) and PromptBatch.domain_ids_B "
+            f"({'missing' if domain_B is None else 'given'})"
+        )
+
+
+def routed(fn, domains, domain_B):
+    """``fn(role)`` of each row's domain teacher: ``fn(teacher/<d>)`` on the rows of
+    domain d. Every domain teacher runs over all rows (one pass each), and each row
+    keeps its own teacher's values: one ``[B, ...]`` result (an array, or a pytree of
+    them such as a Rollout)."""
+    check_routing(domains, domain_B)
+    out = None
+    for d, name in enumerate(domains):
+        x = fn(f"teacher/{name}")
+
+        def pick(new, old, d=d):
+            return jnp.where((domain_B == d).reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
+
+        out = x if out is None else jax.tree.map(pick, x, out)
+    return out
+
+
 def pass_params(role: str, state, teachers: dict):
     """Parameters of a model role: live student, its reference copy, or a teacher."""
     if role == "student":
@@ -153,14 +183,23 @@ def score_pass(
     priv_BQ,
     priv_mask_BQ,
     forward=teacher_forced_logits,
+    domains=(),
 ):
-    """Stop-gradient logits ``[B, T, V]`` of one pass over the rollout's tokens."""
+    """Stop-gradient logits ``[B, T, V]`` of one pass over the rollout's tokens.
+
+    The routed role ``teacher/@domain`` gives row r the logits of the teacher
+    ``teacher/<domains[ro.domain_B[r]]>`` (``routed``)."""
     prefix_BP, mask_BP = pass_prefix(p, ro, priv_BQ, priv_mask_BQ)
-    logits = forward(
-        pass_graphdef(p.role, graphdefs),
-        pass_params(p.role, state, teachers),
-        prefix_BP,
-        mask_BP,
-        ro.tokens_BT,
-    )
-    return jax.lax.stop_gradient(logits)
+
+    def logits(role):
+        return forward(
+            pass_graphdef(role, graphdefs),
+            pass_params(role, state, teachers),
+            prefix_BP,
+            mask_BP,
+            ro.tokens_BT,
+        )
+
+    if p.role == ROUTED_TEACHER:
+        return jax.lax.stop_gradient(routed(logits, domains, ro.domain_B))
+    return jax.lax.stop_gradient(logits(p.role))

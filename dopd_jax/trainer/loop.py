@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import signal
 import threading
 import time
@@ -67,6 +68,9 @@ class LoopHooks:
     evaluate: Callable[[int, object], dict] | None = None  # (step, state) -> metrics
     eval_every: int = 0
     reward: Callable[[Any, Any], dict] | None = None  # (examples, rollout) -> metrics
+    # (examples, rollout) -> rollout with reward_B / advantage_B, for methods that train
+    # on the verifier's reward (GRPO, MOPD's outcome term); runs before scoring.
+    attach_rewards: Callable[[Any, Any], Any] | None = None
     monitor: Any = None  # update(step, metrics) -> [warning messages]
     log_every: int = 10
     warn: Callable[[str], None] = print
@@ -193,15 +197,19 @@ def _timed(fn, *args):
     return out, time.perf_counter() - t0
 
 
-def _distill_phases(fns, state, teachers, batch, key, timed: bool):
-    """One step's three phases; on ``timed`` steps each is blocked on for the time split."""
+def _distill_phases(fns, state, teachers, batch, key, timed: bool, rewards=None):
+    """One step's three phases; on ``timed`` steps each is blocked on for the time split.
+
+    ``rewards(ro) -> ro`` (the verifier, on the host) runs between the rollout and the
+    scoring; its time counts as rollout time."""
+    rewards = rewards or (lambda ro: ro)
     if not timed:
-        ro = fns.rollout(state, batch, key)
+        ro = rewards(fns.rollout(state, teachers, batch, key))
         targets = fns.score(state, teachers, batch, ro)
         state, metrics = fns.update(state, ro, targets)
         return ro, state, metrics, {}
     jax.block_until_ready(state)  # earlier steps' queued work is not this step's time
-    ro, t_roll = _timed(fns.rollout, state, batch, key)
+    ro, t_roll = _timed(lambda *a: rewards(fns.rollout(*a)), state, teachers, batch, key)
     targets, t_score = _timed(fns.score, state, teachers, batch, ro)
     (state, metrics), t_upd = _timed(fns.update, state, ro, targets)
     return ro, state, metrics, dict(time_rollout=t_roll, time_score=t_score, time_update=t_upd)
@@ -241,7 +249,9 @@ def run_distill(
     for step in range(start_step, num_steps):
         examples, batch = next(batches)
         log = _is_log_step(hooks, step, num_steps)
-        ro, state, metrics, times = _distill_phases(fns, state, teachers, batch, key, log)
+        attach = hooks.attach_rewards
+        rewards = None if attach is None else functools.partial(attach, examples)
+        ro, state, metrics, times = _distill_phases(fns, state, teachers, batch, key, log, rewards)
         if log:
             host = {k: float(v) for k, v in jax.device_get(metrics).items()}
             host.update(times, tokens_per_sec=host["num_tokens"] / sum(times.values()))
