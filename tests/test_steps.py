@@ -186,7 +186,8 @@ def test_sft_step_lowers_loss():
 def test_every_method_is_registered_with_known_passes():
     for m in METHODS.values():
         passes = m.passes(m.config_cls())
-        assert m.main_target in passes or (m.main_target is None and "teacher" not in passes)
+        slot = m.main_slot(m.config_cls())
+        assert slot in passes or (slot is None and "teacher" not in passes)
         assert set(passes) <= {"teacher", "priv_teacher", "priv_student", "ref"}
     with pytest.raises(ValueError, match="unknown method 'gkd2'"):
         get_method("gkd2")

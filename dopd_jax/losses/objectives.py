@@ -8,13 +8,11 @@ objective is the mean over each sequence's valid tokens, then over sequences
 (``divergences.sequence_mean``).
 """
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 
 from dopd_jax.losses import divergences as div_lib
-from dopd_jax.losses import routing
+from dopd_jax.losses import policy, routing
 
 HS_TARGETS = ("priv_student", "teacher")
 
@@ -32,18 +30,6 @@ def _masked_mean(x_BT, select_BT):
     """Mean of x over the selected tokens (0 if none)."""
     count = jnp.sum(select_BT)
     return jnp.sum(x_BT * select_BT) / jnp.maximum(count, 1.0)
-
-
-def _regime_weights(beta_light, beta_weak, hs_target):
-    """The DOPD regime table with this call's weights and HS target."""
-    knobs = {"beta_light": beta_light, "beta_weak": beta_weak}
-    specs, weights = {}, {}
-    for name, spec in routing.DOPD_REGIME_SPECS.items():
-        if name == "HS":
-            spec = dataclasses.replace(spec, target=hs_target)
-        specs[name] = spec
-        weights[name] = knobs.get(spec.weight_arg, spec.default_weight)
-    return specs, weights
 
 
 def _dopd_regime_metrics(regimes, weighted_BT, gap_BT, mask_BT):
@@ -73,6 +59,10 @@ def dopd_loss(
     gap_threshold=None,
     chunk_size=None,
     refs=None,
+    rule=None,
+    extra_stats=None,
+    regime_table=None,
+    token_weights=None,
 ):
     """Dual on-policy distillation loss (methods.md section 4; design contract 2).
 
@@ -94,6 +84,15 @@ def dopd_loss(
         ``{"A_bar", "qS_bar", "qT_bar"}`` computed elsewhere (e.g. over the
         whole batch when this call sees one micro-batch; see
         ``routing.dopd_regimes``); then gap_threshold must be None.
+      rule: None (the paper's ``routing.dopd_regimes``) or a routing rule
+        ``rule(stats, mask, *, refs, outlier_fraction, gap_threshold) ->
+        (regimes, refs)`` (``losses.rules``); its refs may hold other keys.
+      extra_stats: more ``[B, T]`` statistics for the rule (e.g. ``skill``).
+      regime_table: None (the paper's table with beta_light / beta_weak /
+        hs_target) or ``{regime: routing.Regime}``: each regime's target,
+        divergence, granularity (full / topk / sampled) and weight.
+      token_weights: optional ``[B, T]`` stop-gradient per-token multipliers
+        (e.g. the wrong-hint contrast guardrail's cut).
 
     Returns:
       (loss, metrics): loss float32 scalar; metrics has frac_/loss_/gap_ per
@@ -117,37 +116,28 @@ def dopd_loss(
 
     # The gap and q's come from the two PRIVILEGED passes, never the student.
     stats = routing.privilege_stats(targets["priv_student"], targets["teacher"], tokens, chunk_size)
-    regimes, refs = routing.dopd_regimes(
-        stats["gap"],
-        stats["qS"],
-        stats["qT"],
-        mask,
-        outlier_fraction=outlier_fraction,
-        gap_threshold=gap_threshold,
-        refs=refs,
-    )
-
-    specs, weights = _regime_weights(beta_light, beta_weak, hs_target)
-    # Regimes sharing a divergence compute it once; all of them in one chunked
-    # pass, so the backward pass holds one [B, T, V] student-gradient buffer.
-    requests = {
-        f"{s.target}/{s.kind}/{s.top_k}/{s.beta}": (
-            s.target,
-            s.kind,
-            s.beta,
-            top_k if s.top_k else None,
+    stats.update(extra_stats or {})
+    if rule is None:
+        regimes, refs = routing.dopd_regimes(
+            stats["gap"],
+            stats["qS"],
+            stats["qT"],
+            mask,
+            outlier_fraction=outlier_fraction,
+            gap_threshold=gap_threshold,
+            refs=refs,
         )
-        for s in specs.values()
-    }
-    divs = div_lib.token_divergences(
-        student_logits, targets, requests, topk_mode=topk_mode, chunk_size=chunk_size
-    )
-    weighted = {
-        name: weights[name] * divs[f"{s.target}/{s.kind}/{s.top_k}/{s.beta}"]
-        for name, s in specs.items()
-    }
+    else:
+        regimes, refs = rule(
+            stats, mask, refs=refs, outlier_fraction=outlier_fraction, gap_threshold=gap_threshold
+        )
+    table = regime_table or routing.dopd_regime_table(beta_light, beta_weak, hs_target)
+    divs = _regime_divergences(student_logits, targets, tokens, table, top_k, topk_mode, chunk_size)
+    weighted = {name: r.weight * divs[name] for name, r in table.items()}
     # where, not a product: an inf divergence outside its regime must not leak.
-    per_token_BT = sum(jnp.where(regimes[r] > 0, weighted[r], 0.0) for r in specs)
+    per_token_BT = sum(jnp.where(regimes[r] > 0, weighted[r], 0.0) for r in table)
+    if token_weights is not None:
+        per_token_BT = per_token_BT * jax.lax.stop_gradient(token_weights)
     loss = div_lib.sequence_mean(per_token_BT, mask)
 
     logp_BT = jax.lax.stop_gradient(div_lib.sampled_logprobs(student_logits, tokens, chunk_size))
@@ -155,6 +145,33 @@ def dopd_loss(
     metrics.update(refs)
     metrics.update(_privilege_metrics(stats, logp_BT, mask))
     return loss, metrics
+
+
+def _regime_divergences(student_logits, targets, tokens, table, top_k, topk_mode, chunk_size):
+    """Per-token divergence of every regime (zeros for weight-0 regimes). Regimes
+    sharing a divergence compute it once; the full and top-K ones in one chunked
+    pass, so the backward pass holds one [B, T, V] student-gradient buffer."""
+    key = lambda r: f"{r.target}/{r.kind}/{r.granularity}/{r.beta}"  # noqa: E731
+    live = {name: r for name, r in table.items() if r.weight != 0}
+    requests = {
+        key(r): (r.target, r.kind, r.beta, top_k if r.granularity == "topk" else None)
+        for r in live.values()
+        if r.granularity != "sampled"
+    }
+    divs = (
+        div_lib.token_divergences(
+            student_logits, targets, requests, topk_mode=topk_mode, chunk_size=chunk_size
+        )
+        if requests
+        else {}
+    )
+    for r in live.values():
+        if r.granularity == "sampled" and key(r) not in divs:
+            divs[key(r)] = policy.sampled_divergence_tokens(
+                student_logits, targets[r.target], tokens, kind=r.kind, chunk_size=chunk_size
+            )
+    zero = jnp.zeros(tokens.shape, jnp.float32)
+    return {name: divs[key(r)] if name in live else zero for name, r in table.items()}
 
 
 def _check_dopd_args(

@@ -21,6 +21,38 @@ def _estimate_with_grad(value_BT, surrogate_BT):
     return jax.lax.stop_gradient(value_BT) + surrogate_BT - jax.lax.stop_gradient(surrogate_BT)
 
 
+def sampled_divergence_tokens(
+    student_logits, target_logits, tokens, *, kind="rkl", on_policy=None, chunk_size=None
+):
+    """Per-token single-sample estimate of a KL (see ``sampled_divergence_loss``).
+
+    Returns ``[B, T]`` float32 values that equal the estimate and whose gradient
+    is the estimator's (the target is under stop-gradient).
+    """
+    if kind not in SAMPLED_KINDS:
+        raise ValueError(
+            f"sampled divergence kind must be one of {SAMPLED_KINDS} (a JSD has no "
+            f"single-sample estimate here), got {kind!r}"
+        )
+    div_lib.check_same_shape(student_logits, target_logits)
+    logS = div_lib.sampled_logprobs(student_logits, tokens, chunk_size)
+    logT = div_lib.sampled_logprobs(jax.lax.stop_gradient(target_logits), tokens, chunk_size)
+    sgS = jax.lax.stop_gradient(logS)
+    if kind == "rkl":
+        on_w, off_w = sgS - logT, jnp.exp(sgS - logT) * (sgS - logT)
+    else:
+        on_w, off_w = jnp.exp(logT - sgS) * (logT - sgS), logT - sgS
+    # The surrogates' gradients: d/dtheta of the divergence at y ~ S resp. y ~ T.
+    on_sur = on_w * logS if kind == "rkl" else -jnp.exp(logT - sgS) * logS
+    off_sur = off_w * logS if kind == "rkl" else -logS
+    if on_policy is None:
+        on_BT = jnp.ones_like(logS, bool)
+    else:
+        on_BT = jnp.broadcast_to(jnp.asarray(on_policy, bool)[:, None], logS.shape)
+    value = jnp.where(on_BT, on_w, off_w)
+    return _estimate_with_grad(value, jnp.where(on_BT, on_sur, off_sur))
+
+
 def sampled_divergence_loss(
     student_logits, target_logits, tokens, mask, *, kind="rkl", on_policy=None, chunk_size=None
 ):
@@ -51,29 +83,10 @@ def sampled_divergence_loss(
     Returns:
       (loss, metrics) with ``div_mean`` (token mean of the estimate).
     """
-    if kind not in SAMPLED_KINDS:
-        raise ValueError(
-            f"sampled divergence kind must be one of {SAMPLED_KINDS} (a JSD has no "
-            f"single-sample estimate here), got {kind!r}"
-        )
-    div_lib.check_same_shape(student_logits, target_logits)
-    logS = div_lib.sampled_logprobs(student_logits, tokens, chunk_size)
-    logT = div_lib.sampled_logprobs(jax.lax.stop_gradient(target_logits), tokens, chunk_size)
-    sgS = jax.lax.stop_gradient(logS)
-    if kind == "rkl":
-        on_w, off_w = sgS - logT, jnp.exp(sgS - logT) * (sgS - logT)
-    else:
-        on_w, off_w = jnp.exp(logT - sgS) * (logT - sgS), logT - sgS
-    # The surrogates' gradients: d/dtheta of the divergence at y ~ S resp. y ~ T.
-    on_sur = on_w * logS if kind == "rkl" else -jnp.exp(logT - sgS) * logS
-    off_sur = jnp.exp(sgS - logT) * (sgS - logT) * logS if kind == "rkl" else -logS
-    if on_policy is None:
-        on_BT = jnp.ones_like(logS, bool)
-    else:
-        on_BT = jnp.broadcast_to(jnp.asarray(on_policy, bool)[:, None], logS.shape)
-    value = jnp.where(on_BT, on_w, off_w)
-    per_token = _estimate_with_grad(value, jnp.where(on_BT, on_sur, off_sur))
-    metrics = {"div_mean": div_lib.token_mean(value, mask)}
+    per_token = sampled_divergence_tokens(
+        student_logits, target_logits, tokens, kind=kind, on_policy=on_policy, chunk_size=chunk_size
+    )
+    metrics = {"div_mean": div_lib.token_mean(jax.lax.stop_gradient(per_token), mask)}
     return div_lib.sequence_mean(per_token, mask), metrics
 
 

@@ -209,3 +209,39 @@ DOPD_REGIME_SPECS = {
     "HT": RegimeSpec("teacher", "jsd", False, None, 1.0, beta=0.5),
     "HS": RegimeSpec("priv_student", "rkl", True, "beta_light", 0.6),
 }
+
+
+GRANULARITIES = ("full", "topk", "sampled")
+
+
+@dataclasses.dataclass(frozen=True)
+class Regime:
+    """What one regime's tokens train towards, with its weight resolved.
+
+    target: "teacher" (privileged teacher) or "priv_student".
+    kind: "fkl" | "rkl" | "jsd".
+    granularity: "full" (whole vocabulary), "topk" (the target's top-K) or
+      "sampled" (the sampled token only; fkl / rkl).
+    weight: the regime's loss weight (0 drops its tokens from the loss).
+    """
+
+    target: str
+    kind: str
+    granularity: str
+    weight: float
+    beta: float = 0.5
+
+
+def dopd_regime_table(beta_light=0.6, beta_weak=0.3, hs_target="priv_student") -> dict:
+    """The paper's table (``DOPD_REGIME_SPECS``) with these weights and HS target."""
+    knobs = {"beta_light": beta_light, "beta_weak": beta_weak}
+    table = {}
+    for name, s in DOPD_REGIME_SPECS.items():
+        table[name] = Regime(
+            target=hs_target if name == "HS" else s.target,
+            kind=s.kind,
+            granularity="topk" if s.top_k else "full",
+            weight=float(knobs.get(s.weight_arg, s.default_weight)),
+            beta=s.beta,
+        )
+    return table

@@ -100,7 +100,8 @@ class Method:
         (loss, metrics)``; ``targets[slot]`` are stop-gradient logits
         ``[B, T, V]`` aligned with ``rollout.tokens_BT``.
       main_target: the slot the per-token diagnostics compare with (None:
-        the method has no target, e.g. GRPO without a KL term).
+        the method has no target, e.g. GRPO without a KL term), or
+        ``cfg -> slot``.
       description: one line for listings.
       requires: example fields the method needs from the data
         (``"privileged"``, ``"response"``), checked before training.
@@ -122,7 +123,7 @@ class Method:
     config_cls: type
     passes: Callable[[Any], Mapping[str, Pass]]
     loss: Callable[..., tuple[Any, dict]]
-    main_target: str | None
+    main_target: str | None | Callable[[Any], str | None]
     description: str = ""
     requires: tuple[str, ...] = ()
     batch_refs: BatchRefs | None = None
@@ -141,6 +142,10 @@ class Method:
             return "none"
         mode = getattr(cfg, "priv_student", "frozen")
         return mode if mode in REF_UPDATES else "frozen"
+
+    def main_slot(self, cfg) -> str | None:
+        """The slot of ``main_target`` under ``cfg``."""
+        return self.main_target(cfg) if callable(self.main_target) else self.main_target
 
     def teacher_roles(self, cfg) -> set[str]:
         """Teacher roles the method's passes and responses read."""

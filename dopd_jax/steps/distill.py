@@ -174,7 +174,7 @@ def domain_kls(spec: DistillSpec, student_BTV, targets, ro) -> dict:
     """Sampled-token KL to the main target per domain, ``kl_to_<slot>/<domain>``
     (methods.md section 9: per teacher for MOPD)."""
     masks = domain_token_masks(spec, ro)
-    slot = spec.method.main_target
+    slot = spec.method.main_slot(spec.config)
     if not masks or slot is None:
         return {}
     logp = functools.partial(
@@ -203,13 +203,13 @@ def step_diagnostics(spec: DistillSpec, student_BTV, targets, ro) -> dict:
     """Per-token diagnostics against the method's main target, the sampled KLs and the
     per-domain breakdown (a method without a target logs the student's entropy)."""
     student_BTV = jax.lax.stop_gradient(student_BTV)
-    if spec.method.main_target is None:
+    if spec.method.main_slot(spec.config) is None:
         ent_BT = div_lib.entropy(student_BTV, spec.chunk_size)
         out = {"student_entropy": div_lib.token_mean(ent_BT, ro.mask_BT)}
     else:
         out = diagnostics.token_stats(
             student_BTV,
-            targets[spec.method.main_target],
+            targets[spec.method.main_slot(spec.config)],
             ro.tokens_BT,
             ro.mask_BT,
             top_k=min(spec.diag_top_k, student_BTV.shape[-1]),
