@@ -33,6 +33,12 @@ def _percentile_linear(x_BT, valid_BT, q):
     return jnp.where(gamma >= 0.5, b - diff * (1 - gamma), a + diff * gamma)
 
 
+def percentile(x_BT, valid_BT, q):
+    """NumPy-default (linear) q-quantile of the valid entries (stop-gradient)."""
+    x_BT = jax.lax.stop_gradient(x_BT).astype(jnp.float32)
+    return _percentile_linear(x_BT, jnp.asarray(valid_BT) > 0, q)
+
+
 def trimmed_mean(x_BT, mask_BT, outlier_fraction=0.05):
     """Mean of the valid values at or below their (1 - outlier_fraction) quantile.
 

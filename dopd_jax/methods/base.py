@@ -105,7 +105,8 @@ class Method:
       description: one line for listings.
       requires: example fields the method needs from the data
         (``"privileged"``, ``"response"``), checked before training.
-      batch_refs: optional ``BatchRefs`` (needed to micro-batch the loss).
+      batch_refs: optional ``BatchRefs`` (needed to micro-batch the loss), or
+        ``cfg -> BatchRefs | None``.
       monitor: optional ``() -> monitor`` with ``update(step, metrics) ->
         [warnings]`` and ``state() / from_state(dict)`` (host side).
       responses: optional ``cfg -> {source: probability}`` over ``student``,
@@ -126,7 +127,7 @@ class Method:
     main_target: str | None | Callable[[Any], str | None]
     description: str = ""
     requires: tuple[str, ...] = ()
-    batch_refs: BatchRefs | None = None
+    batch_refs: BatchRefs | Callable[[Any], BatchRefs | None] | None = None
     monitor: Callable[[], Any] | None = None
     responses: Callable[[Any], Mapping[str, float]] | None = None
     needs_reward: Callable[[Any], bool] = lambda cfg: False
@@ -142,6 +143,11 @@ class Method:
             return "none"
         mode = getattr(cfg, "priv_student", "frozen")
         return mode if mode in REF_UPDATES else "frozen"
+
+    def refs_for(self, cfg) -> BatchRefs | None:
+        """The method's ``BatchRefs`` under ``cfg`` (None: the loss needs none)."""
+        refs = self.batch_refs
+        return refs(cfg) if callable(refs) and not isinstance(refs, BatchRefs) else refs
 
     def main_slot(self, cfg) -> str | None:
         """The slot of ``main_target`` under ``cfg``."""

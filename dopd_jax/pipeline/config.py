@@ -155,6 +155,8 @@ def base_config() -> ml_collections.ConfigDict:
         variants=dict(
             dopd_hs_teacher=dict(method="dopd", hs_target="teacher"),
             dopd_frozen=dict(method="dopd", priv_student="frozen"),
+            # the privilege-illusion figure's fourth variant: the student trained given p
+            privt_privs=dict(method="privt", student_prefix="x+p", label="Priv.T->Priv.S"),
         ),
     )
     c.eval = dict(batch_size=256, avg_k=0, temperature=1.0)

@@ -53,7 +53,7 @@ def split_rows(x, num_microbatches: int):
 
 
 def _needs_refs(spec) -> bool:
-    return spec.method.batch_refs is not None
+    return spec.method.refs_for(spec.config) is not None
 
 
 def _score_pass(graphdefs, spec, constrain, state, teachers, mb, name):
@@ -79,7 +79,7 @@ def _first_pass(score, spec, mb) -> dict:
     out = {}
     if _needs_refs(spec):
         targets = {name: score(mb, name) for name in spec.passes}
-        stats = spec.method.batch_refs.stats(spec.config, targets, tokens_BT, chunk)
+        stats = spec.method.refs_for(spec.config).stats(spec.config, targets, tokens_BT, chunk)
         out.update({f"ref_{k}": v for k, v in stats.items()})
     for name in spec.diagnostic_passes:
         out[f"logp_{name}_BT"] = div_lib.sampled_logprobs(score(mb, name), tokens_BT, chunk)
@@ -90,7 +90,7 @@ def _batch_refs(spec, first_MbT: dict, mask_MbT):
     """The method's reference values over every valid token of the whole batch."""
     flat = lambda x: x.reshape(-1, x.shape[-1])  # noqa: E731
     stats = {k[len("ref_") :]: flat(v) for k, v in first_MbT.items() if k.startswith("ref_")}
-    return spec.method.batch_refs.reduce(spec.config, stats, flat(mask_MbT))
+    return spec.method.refs_for(spec.config).reduce(spec.config, stats, flat(mask_MbT))
 
 
 def _metric_weights(metrics: dict, mask_BT, domain_masks: dict) -> dict:

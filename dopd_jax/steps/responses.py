@@ -108,6 +108,10 @@ def gold_rollout(batch, sampler: rollout_lib.SamplerConfig) -> rollout_lib.Rollo
 def step_responses(graphdefs, spec, state, teachers, batch, key) -> rollout_lib.Rollout:
     """The step's responses (see the module docstring); pure, jit-compatible."""
     key = jax.random.fold_in(key, state.step)
+    if getattr(spec.config, "student_prefix", "x") == "x+p":  # the student samples given p
+        batch = dataclasses.replace(
+            batch, prompt_BP=batch.priv_BQ, prompt_mask_BP=batch.priv_mask_BQ
+        )
     mix = spec.response_mix
     n = spec.sampler.n_samples
     ids = batch.domain_ids_B
