@@ -234,3 +234,53 @@ def test_eval_steps_are_logged_even_off_the_log_grid():
     final = loop.run_distill(_FakeFns(), jnp.int32(0), {}, batches, 10, None, hooks)
     assert int(final) == 10
     assert evaluated == [3, 6, 9] and written == [3, 4, 6, 8, 9, 10]
+
+
+class _DriftingFns(_FakeFns):
+    """Like _FakeFns, with an HS share that grows by 0.1 per step."""
+
+    def update(self, state, ro, targets):
+        metrics = {"loss": jnp.float32(1.0), "num_tokens": jnp.float32(8.0)}
+        return state + 1, dict(metrics, frac_HS=0.1 * (state + 1).astype(jnp.float32))
+
+
+def test_early_stop_checkpoints_and_ends_the_run_with_a_reason():
+    from dopd_jax.trainer.early_stop import EarlyStop
+
+    stopper = EarlyStop(hs_frac=0.45, patience=2)
+    saved, warned = [], []
+    hooks = loop.LoopHooks(
+        log_every=1,
+        checkpoint=lambda step, state: saved.append(step),
+        early_stop=stopper.update,
+        warn=warned.append,
+    )
+    batches = iter([([], None)] * 10)
+    final = loop.run_distill(_DriftingFns(), jnp.int32(0), {}, batches, 10, None, hooks)
+    # HS > 45% first at step 5, and again at step 6: stop after 6 with a checkpoint
+    assert int(final) == 6 and saved == [6]
+    assert stopper.stopped["step"] == 6 and "HS share 60% > 45%" in stopper.stopped["reason"]
+    assert "early stop after step 6" in warned[-1]
+    restored = EarlyStop(hs_frac=0.45, patience=2).restore(stopper.state())
+    assert restored.update(7, {"frac_HS": 0.0}) == stopper.stopped["reason"]  # stays stopped
+
+
+@pytest.mark.parametrize(
+    "kw,records,reason",
+    [
+        ({"min_entropy": 0.5, "patience": 1}, [{"student_entropy": 0.4}], "entropy 0.4 < 0.5"),
+        ({"a_bar_rise": 2}, [{"A_bar": 1.0}, {"A_bar": 1.5}, {"A_bar": 2.0}], "A_bar rose"),
+        (
+            {"length_drift": 0.9, "patience": 1, "max_new_tokens": 10},
+            [{"response_len": 9.5}],
+            "response length 9.5 >= 9.0",
+        ),
+    ],
+)
+def test_early_stop_conditions(kw, records, reason):
+    from dopd_jax.trainer.early_stop import EarlyStop
+
+    stopper = EarlyStop(**kw)
+    out = [stopper.update(i, m) for i, m in enumerate(records)]
+    assert out[:-1] == [None] * (len(records) - 1) and reason in out[-1]
+    assert EarlyStop().update(0, records[-1]) is None  # every condition is off by default

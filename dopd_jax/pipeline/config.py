@@ -150,6 +150,9 @@ def base_config() -> ml_collections.ConfigDict:
         # MOPD: one teacher per domain, role teacher/<domain>: "teacher" (the teacher
         # above) or "run:NAME" (an earlier run's student, e.g. a GRPO run on that domain).
         teachers={},
+        # Guardrail (methods.md section 10): checkpoint and end a run when a collapse
+        # signal holds for `patience` logs; each condition is off at 0.
+        early_stop=dict(hs_frac=0.0, a_bar_rise=0, min_entropy=0.0, length_drift=0.0, patience=3),
         # Named variants usable in ``methods``: a method plus overrides of its config
         # (``method_args``) or of distill fields.
         variants=dict(

@@ -12,6 +12,7 @@ from dopd_jax.models.chat import P_POSITIONS
 from dopd_jax.pipeline import hf_models
 from dopd_jax.pipeline.specs import ExperimentSpec, ModelSpec, RunSpec, experiment_spec
 from dopd_jax.steps.scoring import ROUTED_TEACHER
+from dopd_jax.trainer import early_stop
 
 MODEL_SOURCES = ("scratch", "workdir:PATH", "hf:PATH")
 CHAT_TEMPLATES = ("none", "checkpoint")
@@ -227,6 +228,12 @@ def _check_run(r: RunSpec) -> None:
         f"got {r.rollout_batch}",
     )
     _check(r.memory_budget_gb >= 0, f"{key}.memory_budget_gb", "must be >= 0 (0 = no check)")
+    unknown = sorted(set(dict(r.early_stop)) - set(early_stop.FIELDS))
+    _check(not unknown, f"{key}.early_stop", f"unknown keys {unknown}; valid: {early_stop.FIELDS}")
+    try:
+        early_stop.EarlyStop(**dict(r.early_stop))
+    except ValueError as e:
+        raise ValueError(f"config.{key}.{e}") from e
     for name in r.log_passes:
         try:
             p = pass_from_name(name)

@@ -18,7 +18,7 @@ from dopd_jax.pipeline.run_models import RunModels
 from dopd_jax.pipeline.sft_stage import Model, make_optimizer, stage_checkpointer
 from dopd_jax.pipeline.specs import RunSpec
 from dopd_jax.steps import DistillSpec, SamplerConfig, make_distill_fns, microbatch, outcome
-from dopd_jax.trainer import checkpoints, loop, params_io
+from dopd_jax.trainer import checkpoints, early_stop, loop, params_io
 
 SUMMARY_KEYS = (
     "loss",
@@ -289,25 +289,29 @@ def _run_loop(
         writer.resume(name, start)
         progress.skip(start)
         history, monitor = list(extra.get("history", [])), _monitor(run, extra.get("monitor"))
+        stopper = early_stop.EarlyStop(**dict(run.early_stop), max_new_tokens=run.max_new_tokens)
+        stopper.restore(extra.get("early_stop"))
 
         def save(step, st):
             monitor_state = None if monitor is None else monitor.state()
             extra = {"stream": stream.get_state(), "history": history, "monitor": monitor_state}
-            ckpt.save(step, st, key, extra)
+            ckpt.save(step, st, key, dict(extra, early_stop=stopper.state()))
 
         hooks = _hooks(ctx, run, spec, sampler, writer, progress, history, monitor, save)
+        hooks.early_stop = stopper.update if stopper.enabled else None
+        num_steps = start if stopper.stopped else run.steps  # a stopped run stays stopped
         teachers = models.teacher_params()
         shardings = sharding.step_shardings(ctx.mesh, opt, state, teachers)
         fns = make_fns(models.graphdefs(), opt, spec, run, shardings)
         batches = distill_batches(ctx, stream, spec)
-        if start < run.steps:
+        if start < num_steps:
             batches = _check_memory(ctx, run, fns, state, teachers, batches, key)
         with loop.sigterm_flag() as stop:
             hooks.stop_requested = stop
             state = loop.run_distill(
-                fns, state, teachers, batches, run.steps, key, hooks, start_step=start
+                fns, state, teachers, batches, num_steps, key, hooks, start_step=start
             )
-    return state, history, monitor
+    return state, history, monitor, stopper.stopped
 
 
 def distill_stage(ctx: Context, run: RunSpec, models: RunModels, writer, progress):
@@ -323,7 +327,7 @@ def distill_stage(ctx: Context, run: RunSpec, models: RunModels, writer, progres
     spec = make_spec(run, ctx.tok, ctx.task.domains)
     progress.stage(f"distill/{run.name}")
     sampler = eval_sampler(ctx, student.graphdef)
-    state, history, monitor = _run_loop(ctx, run, spec, models, sampler, writer, progress)
+    state, history, monitor, stopped = _run_loop(ctx, run, spec, models, sampler, writer, progress)
     if ctx.spec.student.hf_path is not None:
         _export(ctx, run, state.params, student)
     result = full_eval(ctx, dataclasses.replace(student, params=state.params), sampler)
@@ -332,6 +336,8 @@ def distill_stage(ctx: Context, run: RunSpec, models: RunModels, writer, progres
         result["acc_ref_priv"] = accuracy(ctx, sampler, state.ref_params, first, True)["acc"]
     result["final"] = _summarize(history)
     result["warnings"] = [] if monitor is None else sorted(monitor.raised)
+    if stopped is not None:  # the early-stop guardrail ended the run
+        result["stopped"] = stopped
     result.update(method=run.method.name, label=run.label)
     return result, state.params
 

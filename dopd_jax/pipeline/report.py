@@ -72,6 +72,9 @@ def format_table(results: dict) -> str:
         )
         if r.get("warnings"):
             lines.append(f"{'':<22} warnings: {', '.join(r['warnings'])}")
+        if r.get("stopped"):
+            s = r["stopped"]
+            lines.append(f"{'':<22} stopped early after step {s['step']}: {s['reason']}")
     normalized = format_normalized(results)
     return "\n".join(lines + (["", normalized] if normalized else []))
 

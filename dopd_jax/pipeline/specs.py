@@ -112,6 +112,7 @@ class RunSpec:
     memory_budget_gb: float = 0.0  # per-device limit where the device reports none
     domains: tuple[str, ...] = ()  # train on these domains of the task only (() = all)
     init: str = ""  # "" = the student init; "run:NAME" = the final student of run NAME
+    early_stop: tuple[tuple[str, Any], ...] = ()  # trainer.early_stop.EarlyStop fields
 
     def identity(self) -> dict:
         """``to_json`` without the knobs that change memory, not results: a run may be
@@ -131,7 +132,17 @@ MEMORY_KNOBS = ("num_microbatches", "remat", "memory_budget_gb", "chunk_size")
 
 
 # Fields added after workdirs existed: left out at their defaults, so old results match.
-_NEW_DEFAULTS = {"domains": [], "init": ""}
+_NEW_DEFAULTS = {
+    "domains": [],
+    "init": "",
+    "early_stop": [
+        ["a_bar_rise", 0],
+        ["hs_frac", 0.0],
+        ["length_drift", 0.0],
+        ["min_entropy", 0.0],
+        ["patience", 3],
+    ],
+}
 
 
 def without_memory_knobs(run_json: dict) -> dict:
@@ -324,6 +335,7 @@ def run_spec(c, name: str) -> RunSpec:
         memory_budget_gb=float(d.get("memory_budget_gb", 0.0)),
         domains=tuple(d.get("domains", ())),
         init=d.get("init", ""),
+        early_stop=tuple(sorted((d.get("early_stop") or {}).items())),
     )
 
 

@@ -71,6 +71,8 @@ class LoopHooks:
     # (examples, rollout) -> rollout with reward_B / advantage_B, for methods that train
     # on the verifier's reward (GRPO, MOPD's outcome term); runs before scoring.
     attach_rewards: Callable[[Any, Any], Any] | None = None
+    # (steps done, logged record) -> reason to stop the run now, or None (EarlyStop)
+    early_stop: Callable[[int, dict], str | None] | None = None
     monitor: Any = None  # update(step, metrics) -> [warning messages]
     log_every: int = 10
     warn: Callable[[str], None] = print
@@ -258,6 +260,12 @@ def run_distill(
             if hooks.reward is not None:
                 host.update(hooks.reward(examples, ro))
             _log_distill(hooks, step + 1, state, host)
+            reason = None if hooks.early_stop is None else hooks.early_stop(step + 1, host)
+            if reason is not None:
+                if hooks.checkpoint is not None:
+                    hooks.checkpoint(step + 1, state)
+                hooks.warn(f"early stop after step {step + 1}: {reason}")
+                return state
         _after_step(hooks, step + 1, num_steps, state, lambda: None)
     return state
 
