@@ -198,3 +198,52 @@ def test_priv_t_priv_s_samples_and_trains_the_student_given_p():
     with pytest.raises(ValueError, match="student_prefix must be one of"):
         privt.make_config({"student_prefix": "p"})
     assert dataclasses.is_dataclass(spec)
+
+
+def test_wrong_hint_contrast_cuts_the_tokens_that_copy_the_hint():
+    s, ps, t, tokens, mask = _case()
+    wrong = _logits(5)
+    extra = {"wrongp_teacher": wrong}
+    m = get_method("dopd")
+    assert m.passes(m.make_config({"wrong_hint_cut": 0.0}))["wrongp_teacher"].prefix == "x+p'"
+    (cut, metrics), _ = _dopd({"wrong_hint_cut": 0.0}, s, ps, t, tokens, mask, extra)
+    (base, _), cfg = _dopd({}, s, ps, t, tokens, mask)
+    contrast = divergences.sampled_logprobs(t, tokens) - divergences.sampled_logprobs(wrong, tokens)
+    copied = contrast > routing.trimmed_mean(contrast, mask)
+    assert 0 < float(metrics["cut_frac"]) < 1
+    # the reference: the paper's loss with the copying tokens' weight set to 0
+    stats = routing.privilege_stats(ps, t, tokens)
+    regimes, _ = routing.dopd_regimes(stats["gap"], stats["qS"], stats["qT"], mask)
+    regimes = {r: v * ~copied for r, v in regimes.items()}
+    np.testing.assert_allclose(cut, _reference(cfg, s, ps, t, tokens, mask, regimes), rtol=1e-5)
+    assert float(cut) != float(base)
+    with pytest.raises(ValueError, match="needs privileged=True"):
+        m.make_config({"wrong_hint_cut": 0.5, "privileged": False})
+
+
+def test_wrong_hint_prefixes_are_a_derangement_of_the_batch():
+    from dopd_jax.data import encode
+    from dopd_jax.data.example import Example
+    from dopd_jax.steps import scoring
+
+    class Tok:
+        bos_id, pad_id, chat = 1, 0, None
+
+        def encode(self, text):
+            return [ord(c) for c in text]
+
+    exs = [Example(f"Q{i}", {"none": "", "hints": f" h{i}"}) for i in range(3)]
+    b = encode.encode_prompts(
+        exs, Tok(), form="hints", max_prompt_len=4, max_priv_len=8, wrong_hints=True
+    )
+    for i in range(3):
+        want = [1] + [ord(c) for c in f"Q{i} h{(i + 1) % 3}"]
+        assert b.wrong_priv_BQ[i][b.wrong_priv_mask_BQ[i]].tolist() == want
+    with pytest.raises(ValueError, match="at least 2 prompts"):
+        encode.encode_prompts(
+            exs[:1], Tok(), form="hints", max_prompt_len=4, max_priv_len=8, wrong_hints=True
+        )
+    from dopd_jax.methods.base import Pass
+
+    with pytest.raises(ValueError, match="wrong_hints=True"):
+        scoring.pass_prefix(Pass("teacher", "x+p'"), None, None, None, None)

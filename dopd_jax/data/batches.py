@@ -24,6 +24,8 @@ import jax
         "domain_ids_B",
         "response_BT",
         "response_mask_BT",
+        "wrong_priv_BQ",
+        "wrong_priv_mask_BQ",
     ],
     meta_fields=[],
 )
@@ -41,6 +43,8 @@ class PromptBatch:
     domain_ids_B: jax.Array | None = None  # int32 [B] index of each row's domain (MOPD)
     response_BT: jax.Array | None = None  # int32 [B, T] gold ``y [EOS]``, right-padded (GKD)
     response_mask_BT: jax.Array | None = None  # bool [B, T] True on its tokens
+    wrong_priv_BQ: jax.Array | None = None  # int32 [B, Q] x_i + p_{(i+1) mod B} (wrong hint)
+    wrong_priv_mask_BQ: jax.Array | None = None
 
 
 @functools.partial(

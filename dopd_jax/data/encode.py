@@ -11,6 +11,7 @@ a tokenizer without BOS (``bos_id is None``) starts sequences with x.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
@@ -78,6 +79,7 @@ def encode_prompts(
     max_priv_len: int,
     domains: Sequence[str] | None = None,
     max_response_len: int | None = None,
+    wrong_hints: bool = False,
 ) -> PromptBatch:
     """Left-padded prompt and privileged-prefix batches (NumPy leaves).
 
@@ -90,6 +92,8 @@ def encode_prompts(
       domains: the domain list ``domain_ids_B`` indexes; None leaves it None.
       max_response_len: T; when given, the gold responses ``y [EOS]``
         right-padded (cut at T, then without EOS) fill ``response_BT``.
+      wrong_hints: also encode ``x_i + p_{(i+1) mod B}`` (``wrong_priv_BQ``), the
+        wrong-hint contrast's prefixes (needs B >= 2).
 
     Returns:
       A PromptBatch; ValueError names the row of a prompt that does not fit.
@@ -109,10 +113,27 @@ def encode_prompts(
     prompt, prompt_mask = _pad(prompts, max_prompt_len, True, tok.pad_id)
     priv, priv_mask = _pad(privs, max_priv_len, True, tok.pad_id)
     ids = None if domains is None else domain_ids(examples, domains)
-    if max_response_len is None:
-        return PromptBatch(prompt, prompt_mask, priv, priv_mask, ids)
-    response, response_mask = gold_responses(examples, tok, max_response_len)
-    return PromptBatch(prompt, prompt_mask, priv, priv_mask, ids, response, response_mask)
+    batch = PromptBatch(prompt, prompt_mask, priv, priv_mask, ids)
+    if max_response_len is not None:
+        response, response_mask = gold_responses(examples, tok, max_response_len)
+        batch = dataclasses.replace(batch, response_BT=response, response_mask_BT=response_mask)
+    if wrong_hints:
+        wrong, wrong_mask = wrong_hint_prefixes(examples, tok, form, max_priv_len)
+        batch = dataclasses.replace(batch, wrong_priv_BQ=wrong, wrong_priv_mask_BQ=wrong_mask)
+    return batch
+
+
+def wrong_hint_prefixes(examples: Sequence[Example], tok, form: str, width: int):
+    """``(ids, mask)`` of ``x_i + p_{(i+1) mod B}``, left-padded to ``width``."""
+    if len(examples) < 2:
+        raise ValueError("wrong hints need at least 2 prompts per batch (p of another row)")
+    rows = []
+    for row, ex in enumerate(examples):
+        other = examples[(row + 1) % len(examples)]
+        ids = prefix_ids(tok, ex.prompt, other.p(form))
+        _check_len(f"prompt + wrong {form!r} hint", row, len(ids), width)
+        rows.append(ids)
+    return _pad(rows, width, True, tok.pad_id)
 
 
 def gold_responses(examples: Sequence[Example], tok, width: int):

@@ -13,9 +13,12 @@ sampled response tokens, named by the slot the loss reads and given as a
           ``teacher``  the frozen teacher; ``teacher/<name>`` one of several
   prefix  ``x``        the plain prompt the deployed student sees
           ``x+p``      the prompt followed by the privileged context p
+          ``x+p'``     the prompt followed by a wrong hint p': the p of another
+                       row of the batch (a fixed derangement: prompt i gets the
+                       p of prompt i + 1 mod B), for the wrong-hint contrast
 
 Slot names follow one rule (``pass_name``): ``priv_`` for the ``x+p``
-prefix, then the role, e.g. ``teacher`` (T->S), ``priv_teacher``
+prefix (``wrongp_`` for ``x+p'``), then the role, e.g. ``teacher`` (T->S), ``priv_teacher``
 (Priv.T->S) and ``priv_student`` (OPSD / DOPD; backed by role ``ref`` when
 the method's config asks for a frozen or EMA privileged student).
 """
@@ -26,7 +29,8 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
-PREFIXES = ("x", "x+p")
+PREFIXES = ("x", "x+p", "x+p'")
+_SLOT_PREFIX = {"x": "", "x+p": "priv_", "x+p'": "wrongp_"}
 BASE_ROLES = ("student", "ref", "teacher")
 REF_UPDATES = ("frozen", "ema")
 PRIV_STUDENT_MODES = ("live",) + REF_UPDATES
@@ -62,13 +66,15 @@ def check_role(role: str) -> str:
 
 def pass_name(p: Pass) -> str:
     """The canonical slot name of a pass (``priv_`` + role for the x+p prefix)."""
-    return ("priv_" if p.prefix == "x+p" else "") + p.role
+    return _SLOT_PREFIX[p.prefix] + p.role
 
 
 def pass_from_name(name: str) -> Pass:
     """Inverse of ``pass_name``: ``"priv_teacher"`` -> ``Pass("teacher", "x+p")``."""
     if name.startswith("priv_"):
         return Pass(name[len("priv_") :], "x+p")
+    if name.startswith("wrongp_"):
+        return Pass(name[len("wrongp_") :], "x+p'")
     return Pass(name, "x")
 
 
@@ -167,7 +173,10 @@ class Method:
         return set(self.requires) | ({"response"} if gold else set())
 
     def needs_privilege(self, cfg) -> bool:
-        return any(p.prefix == "x+p" for p in self.passes(cfg).values())
+        return any(p.prefix != "x" for p in self.passes(cfg).values())
+
+    def needs_wrong_hint(self, cfg) -> bool:
+        return any(p.prefix == "x+p'" for p in self.passes(cfg).values())
 
 
 def build_config(cls: type, overrides: Mapping[str, Any], where: str):

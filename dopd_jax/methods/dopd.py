@@ -22,11 +22,20 @@ The paper's ablations are settings of this one method, not forks of its loss
   granularity       full / topk / sampled for every regime (Table 7; Table 8
                     w/o adaptive strategies), or ``adaptive``
   privileged        False: both passes see x only (Table 8 w/o privileged input)
+
+and the guardrails of methods.md section 10 (off by default): the skill-gap
+rules above, and ``wrong_hint_cut`` < 1, which scores the teacher a third time
+with a wrong hint p' (another row's p) and multiplies the loss weight of the
+tokens whose contrast C = log T(y|x,p) - log T(y|x,p') is above its trimmed
+batch mean ``C_bar`` (the teacher's confidence comes from this very hint) by
+``wrong_hint_cut``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+
+import jax.numpy as jnp
 
 from dopd_jax import losses
 from dopd_jax.losses import routing, rules
@@ -62,6 +71,7 @@ class DOPDConfig:
     objective: str = "adaptive"  # "adaptive" | "fkl" | "rkl" | "jsd" for every regime
     granularity: str = "adaptive"  # "adaptive" | "full" | "topk" | "sampled"
     privileged: bool = True  # False: teacher and student passes without p
+    wrong_hint_cut: float = 1.0  # < 1: weight of hint-copying tokens (wrong-hint contrast)
 
     def __post_init__(self):
         check_choice("dopd topk_mode", self.topk_mode, TOPK_MODES)
@@ -80,6 +90,10 @@ class DOPDConfig:
         if self.top_k < 1:
             raise ValueError(f"dopd top_k must be >= 1, got {self.top_k}")
         rules.get_rule(self.routing)  # unknown names fail here, listing the valid ones
+        if not 0.0 <= self.wrong_hint_cut <= 1.0:
+            raise ValueError(f"dopd wrong_hint_cut must be in [0, 1], got {self.wrong_hint_cut}")
+        if self.wrong_hint_cut < 1.0 and not self.privileged:
+            raise ValueError("dopd wrong_hint_cut contrasts two hints: it needs privileged=True")
 
 
 def _slots(cfg: DOPDConfig) -> tuple[str, str]:
@@ -102,6 +116,8 @@ def _passes(cfg: DOPDConfig) -> dict[str, Pass]:
     }
     if _needs_skill(cfg):  # the skill gap: the teacher and the live student without p
         passes.update(teacher=Pass("teacher", "x"), student=Pass("student", "x"))
+    if cfg.wrong_hint_cut < 1.0:  # the teacher given another row's p
+        passes["wrongp_teacher"] = Pass("teacher", "x+p'")
     return passes
 
 
@@ -120,15 +136,37 @@ def regime_table(cfg: DOPDConfig) -> dict:
 
 
 def _extra_stats(cfg: DOPDConfig, targets, tokens_BT, chunk_size) -> dict:
-    if not _needs_skill(cfg):
-        return {}
     logp = lambda x: losses.sampled_logprobs(x, tokens_BT, chunk_size)  # noqa: E731
-    return {"skill": logp(targets["teacher"]) - logp(targets["student"])}
+    out = {}
+    if _needs_skill(cfg):
+        out["skill"] = logp(targets["teacher"]) - logp(targets["student"])
+    if cfg.wrong_hint_cut < 1.0:
+        out["contrast"] = logp(targets["priv_teacher"]) - logp(targets["wrongp_teacher"])
+    return out
+
+
+def _contrast_weights(cfg: DOPDConfig, extra: dict, mask_BT, refs):
+    """Per-token weights of the wrong-hint guardrail (None when off), its C_bar, metrics."""
+    if cfg.wrong_hint_cut >= 1.0:
+        return None, {}
+    c = extra["contrast"]
+    c_bar = refs["C_bar"] if refs else routing.trimmed_mean(c, mask_BT, cfg.outlier_fraction)
+    copied = (c > c_bar).astype(jnp.float32)
+    weights = 1.0 - (1.0 - cfg.wrong_hint_cut) * copied
+    metrics = {
+        "C_bar": c_bar,
+        "contrast_mean": losses.token_mean(c, mask_BT),
+        "cut_frac": losses.token_mean(copied, mask_BT),
+    }
+    return weights, metrics
 
 
 def _loss(student_BTV, targets, ro, cfg: DOPDConfig, *, chunk_size=None, refs=None):
     teacher, student = _slots(cfg)
-    return losses.dopd_loss(
+    extra = _extra_stats(cfg, targets, ro.tokens_BT, chunk_size)
+    weights, contrast_metrics = _contrast_weights(cfg, extra, ro.mask_BT, refs)
+    rule_refs = None if refs is None else {k: v for k, v in refs.items() if k != "C_bar"}
+    loss, metrics = losses.dopd_loss(
         student_BTV,
         targets[student],
         targets[teacher],
@@ -142,11 +180,13 @@ def _loss(student_BTV, targets, ro, cfg: DOPDConfig, *, chunk_size=None, refs=No
         hs_target=cfg.hs_target,
         gap_threshold=None if refs else cfg.gap_threshold,
         chunk_size=chunk_size,
-        refs=refs,
+        refs=rule_refs,
         rule=rules.get_rule(cfg.routing),
-        extra_stats=_extra_stats(cfg, targets, ro.tokens_BT, chunk_size),
+        extra_stats=extra,
         regime_table=regime_table(cfg),
+        token_weights=weights,
     )
+    return loss, dict(metrics, **contrast_metrics)
 
 
 def _ref_stats(cfg: DOPDConfig, targets, tokens_BT, chunk_size) -> dict:
@@ -163,6 +203,10 @@ def _reduce_refs(cfg: DOPDConfig, stats_NT: dict, mask_NT) -> dict:
         outlier_fraction=cfg.outlier_fraction,
         gap_threshold=cfg.gap_threshold,
     )
+    if cfg.wrong_hint_cut < 1.0:
+        refs = dict(
+            refs, C_bar=routing.trimmed_mean(stats_NT["contrast"], mask_NT, cfg.outlier_fraction)
+        )
     return refs
 
 

@@ -124,6 +124,7 @@ def distill_batches(ctx: Context, stream, spec: DistillSpec | None = None):
             max_priv_len=t.max_priv_len,
             domains=(spec.domains or None) if spec is not None else None,
             max_response_len=spec.sampler.max_new_tokens if gold else None,
+            wrong_hints=spec is not None and spec.method.needs_wrong_hint(spec.config),
         )
         yield examples, sharding.to_global_batch(batch, ctx.mesh)
 

@@ -108,6 +108,16 @@ def priv_rows(batch: PromptBatch, n_samples: int):
     )
 
 
+def wrong_rows(batch: PromptBatch, n_samples: int):
+    """The wrong-hint prefixes repeated like the rollout's rows (None when absent)."""
+    if batch.wrong_priv_BQ is None:
+        return None
+    return (
+        rollout_lib.repeat_rows(batch.wrong_priv_BQ, n_samples),
+        rollout_lib.repeat_rows(batch.wrong_priv_mask_BQ, n_samples),
+    )
+
+
 def score_step(
     graphdefs: dict,
     spec: DistillSpec,
@@ -132,6 +142,7 @@ def score_step(
         priv_BQ=priv_BQ,
         priv_mask_BQ=priv_mask_BQ,
         domains=spec.domains,
+        wrong=wrong_rows(batch, spec.sampler.n_samples),
     )
     targets = {slot: score(p=p) for slot, p in spec.passes.items()}
     for name, p in spec.diagnostic_passes.items():

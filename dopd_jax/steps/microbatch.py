@@ -70,6 +70,7 @@ def _score_pass(graphdefs, spec, constrain, state, teachers, mb, name):
         mb["priv_mask_BQ"],
         forward=forward,
         domains=spec.domains,
+        wrong=mb.get("wrong"),
     )
 
 
@@ -205,6 +206,9 @@ def microbatched_update_step(
     per_mb, per_act = _constraints(mesh)
     priv_BQ, priv_mask_BQ = steps.priv_rows(batch, spec.sampler.n_samples)
     rows = {"ro": ro, "priv_BQ": priv_BQ, "priv_mask_BQ": priv_mask_BQ}
+    wrong = steps.wrong_rows(batch, spec.sampler.n_samples)
+    if wrong is not None:
+        rows["wrong"] = wrong
     mbs = jax.tree.map(lambda x: per_mb(split_rows(x, num_microbatches)), rows)
     score = functools.partial(_score_pass, graphdefs, spec, per_act, state, teachers)
     needs_refs = _needs_refs(spec)

@@ -167,10 +167,18 @@ def pass_graphdef(role: str, graphdefs: dict):
     return graphdefs[key]
 
 
-def pass_prefix(p: Pass, ro, priv_BQ, priv_mask_BQ):
-    """``(ids, mask)`` of the prefix a pass conditions on (rows as in the rollout)."""
+def pass_prefix(p: Pass, ro, priv_BQ, priv_mask_BQ, wrong=None):
+    """``(ids, mask)`` of the prefix a pass conditions on (rows as in the rollout);
+    ``wrong`` holds the wrong-hint prefixes ``x + p'``."""
     if p.prefix == "x":
         return ro.prompt_BP, ro.prompt_mask_BP
+    if p.prefix == "x+p'":
+        if wrong is None or wrong[0] is None:
+            raise ValueError(
+                "a pass uses the wrong-hint prefix x+p' but the batch has none "
+                "(encode_prompts(..., wrong_hints=True))"
+            )
+        return wrong
     return priv_BQ, priv_mask_BQ
 
 
@@ -184,12 +192,13 @@ def score_pass(
     priv_mask_BQ,
     forward=teacher_forced_logits,
     domains=(),
+    wrong=None,
 ):
     """Stop-gradient logits ``[B, T, V]`` of one pass over the rollout's tokens.
 
     The routed role ``teacher/@domain`` gives row r the logits of the teacher
     ``teacher/<domains[ro.domain_B[r]]>`` (``routed``)."""
-    prefix_BP, mask_BP = pass_prefix(p, ro, priv_BQ, priv_mask_BQ)
+    prefix_BP, mask_BP = pass_prefix(p, ro, priv_BQ, priv_mask_BQ, wrong)
 
     def logits(role):
         return forward(
