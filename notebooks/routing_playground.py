@@ -104,3 +104,38 @@ per_pos = (stats["gap"] * mask).sum(0) / np.maximum(mask.sum(0), 1)
 print(np.round(per_pos, 2))
 _, refs = routing.dopd_regimes(stats["gap"], stats["qS"], stats["qT"], stats["mask"])
 print({k: round(float(v), 3) for k, v in refs.items()})
+
+# %% [markdown]
+# ## From the notebook to a run
+# A rule the framework can train with has the signature of `losses.rules`:
+# `rule(stats, mask, *, refs=None, outlier_fraction, gap_threshold) -> (regimes, refs)`,
+# where `stats` holds the per-token arrays above (and `skill` when the rule
+# needs it). Written with `jax.numpy`, the same function runs inside the jitted
+# step: save it in a module and name it in a config, e.g.
+# `c.method_args.dopd.routing = "my_rules:confidence_rule"` or a variant
+# `dict(method="dopd", routing="my_rules:confidence_rule")`. The registered
+# rules (`dopd`, `skill_and`, `skill_replace`, `uniform`) have this form.
+
+# %%
+import jax.numpy as jnp  # noqa: E402
+
+from dopd_jax.losses import rules as rules_lib  # noqa: E402
+
+
+def confidence_rule(stats, mask, *, refs=None, outlier_fraction=0.05, gap_threshold=None):
+    """``confidence_only`` in the framework's rule form (no batch references)."""
+    valid = jnp.asarray(mask) > 0
+    ht = valid & (stats["qT"] >= stats["qS"])
+    zero = jnp.zeros(valid.shape, jnp.float32)
+    return {
+        "LH": zero,
+        "LL": (valid & ~ht).astype(jnp.float32),
+        "HT": ht.astype(jnp.float32),
+        "HS": zero,
+    }, {}
+
+
+for name, rule in {"dopd": rules_lib.get_rule("dopd"), "confidence_rule": confidence_rule}.items():
+    regimes, _ = rule({k: jnp.asarray(v) for k, v in stats.items()}, jnp.asarray(stats["mask"]))
+    shares = analysis.regime_shares(jax.device_get(regimes), stats["mask"])
+    print(f"rule form {name:<16}", {k: f"{v:.0%}" for k, v in shares.items()})
