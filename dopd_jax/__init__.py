@@ -1,7 +1,8 @@
 """dopd_jax: on-policy distillation of language models in JAX / Flax NNX.
 
 DOPD (dual on-policy distillation), vanilla on-policy distillation, OPSD,
-GKD and MOPD, as pure jit-compiled step functions over plain pytrees.
+GKD, GRPO and MOPD (with Param-Merge), as pure jit-compiled step functions
+over plain pytrees.
 
 Shape-suffix legend (used in names such as ``logits_BTV``):
   B  batch rows (prompts x samples)      T  response positions
