@@ -351,3 +351,46 @@ def test_mopd_pipeline_config_errors_name_the_problem(edit, message):
 def test_mopd_smoke_config_is_valid():
     spec = config_checks.validate(_mopd_config())
     assert spec.run_refs() == {"grpo_arith", "grpo_sort", "cascade_arith"}
+
+
+def test_memory_check_lowers_a_reward_reading_update(models):
+    from dopd_jax.pipeline import memory_check
+
+    graphdefs, teachers, state = models
+    fns = steps.make_distill_fns(graphdefs, optax.sgd(0.1), _spec("grpo"))
+    report = memory_check.phase_memory(
+        fns, state, teachers, _batch(), jax.random.key(0), rewards=True
+    )
+    assert set(report) == {"rollout", "score", "update"}
+
+
+@pytest.mark.parametrize(
+    "name,kw",
+    [
+        ("gkd", {"granularity": "full"}),
+        ("gkd", {"granularity": "sampled", "kind": "rkl"}),
+        ("mopd", {"alpha": 0.5}),
+        ("mopd", {"form": "topk", "alpha": 0.5}),
+        ("grpo", {"kl_coef": 0.1}),
+    ],
+)
+def test_gradients_reach_the_student_logits_only(name, kw):
+    rng = np.random.default_rng(6)
+    s, t = (jnp.asarray(rng.normal(size=(2, 3, V))) for _ in range(2))
+    ro = rollout_lib.Rollout(
+        jnp.zeros((2, 2), jnp.int32),
+        jnp.ones((2, 2), bool),
+        jnp.asarray(rng.integers(0, V, (2, 3))),
+        jnp.ones((2, 3), bool),
+        jnp.asarray(rng.normal(size=(2, 3)) - 3.0),
+        jnp.zeros((2,), bool),
+        on_policy_B=jnp.array([True, False]),
+        advantage_B=jnp.array([1.0, -1.0]),
+    )
+    m = get_method(name)
+    cfg = m.make_config(kw)
+    slots = {p for p in m.passes(cfg)}
+    loss = lambda s, t: m.loss(s, {k: t for k in slots}, ro, cfg)[0]  # noqa: E731
+    g_s, g_t = jax.grad(loss, argnums=(0, 1))(s, t)
+    assert np.abs(np.asarray(g_s)).sum() > 0
+    assert not np.any(np.asarray(g_t))

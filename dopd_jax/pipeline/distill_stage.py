@@ -81,7 +81,8 @@ def _check_memory(ctx: Context, run: RunSpec, fns, state, teachers, batches, key
     if limit is None:
         return batches
     first = next(batches)
-    report = memory_check.phase_memory(fns, state, teachers, first[1], key)
+    rewards = run.method.needs_reward(run.config)
+    report = memory_check.phase_memory(fns, state, teachers, first[1], key, rewards)
     memory_check.check(report, limit, ctx.log)
     return itertools.chain([first], batches)
 

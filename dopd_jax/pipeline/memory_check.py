@@ -11,7 +11,10 @@ accelerator's.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
+import jax.numpy as jnp
 
 GB = 1e9
 KNOBS = (
@@ -46,14 +49,18 @@ def _bytes(compiled) -> dict:
     return row
 
 
-def phase_memory(fns, state, teachers, batch, key) -> dict:
+def phase_memory(fns, state, teachers, batch, key, rewards: bool = False) -> dict:
     """``{phase: bytes by component}`` of the compiled rollout, score and update.
 
     Lowers each jitted phase for the given values (abstract shapes suffice for
-    the later phases, taken with ``jax.eval_shape``); nothing runs.
+    the later phases, taken with ``jax.eval_shape``); nothing runs. ``rewards``:
+    the update reads the verifier's rewards (``Rollout.reward_B`` / ``advantage_B``).
     """
     out = {"rollout": _bytes(fns.rollout.lower(state, teachers, batch, key).compile())}
     ro = jax.eval_shape(fns.rollout, state, teachers, batch, key)
+    if rewards:
+        rows = jax.ShapeDtypeStruct(ro.truncated_B.shape, jnp.float32, sharding=_sharding(ro))
+        ro = dataclasses.replace(ro, reward_B=rows, advantage_B=rows)
     fused = getattr(fns.update, "fused", None)  # micro-batched: scores and updates at once
     if fused is not None:
         out["update"] = _bytes(fused.lower(state, teachers, batch, ro).compile())
@@ -62,6 +69,10 @@ def phase_memory(fns, state, teachers, batch, key) -> dict:
         targets = jax.eval_shape(fns.score, state, teachers, batch, ro)
         out["update"] = _bytes(fns.update.lower(state, ro, targets).compile())
     return {k: v for k, v in out.items() if v}
+
+
+def _sharding(ro):
+    return getattr(ro.truncated_B, "sharding", None)
 
 
 def check(report: dict, limit: float | None, log) -> None:
