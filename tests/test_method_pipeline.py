@@ -20,12 +20,15 @@ FAMILY = """
 from dopd_jax.pipeline import config as config_lib
 
 def get_config(arg=None):
+    mode, models = arg.split(",")
     c = config_lib.base_config()
     config_lib.shrink_to_smoke(c)
+    # the MOPD smoke's SFT stages (same tokenizer and model shapes): nothing SFT-trained here
+    c.teacher.source = c.student.source = "workdir:" + models
     c.task.domain = "arith,sort"
     c.task.max_prompt_len, c.task.max_priv_len = 24, 64
     c.distill.steps = 3
-    if arg == "sharded":
+    if mode == "sharded":
         c.distill.methods = ("gkd", "mopd")
     else:
         c.distill.methods = ("dopd_guarded", "opd_prune")
@@ -112,11 +115,11 @@ def test_mopd_and_gkd_resume_exactly_from_a_mid_run_checkpoint(mopd_run, tmp_pat
     assert old["mopd"]["acc_test_arith"] == new["mopd"]["acc_test_arith"]
 
 
-def test_gkd_and_mopd_micro_batched_on_a_2x2x2_mesh(tmp_path):
+def test_gkd_and_mopd_micro_batched_on_a_2x2x2_mesh(mopd_run, tmp_path):
     config = tmp_path / "family.py"
     config.write_text(FAMILY)
     overrides = (*EIGHT, "--config.distill.num_microbatches=2")
-    _run(tmp_path / "w", f"{config}:sharded", *overrides, devices=8)
+    _run(tmp_path / "w", f"{config}:sharded,{mopd_run[0]}", *overrides, devices=8)
     gkd = read_metrics(str(tmp_path / "w"), "distill/gkd")
     assert {r["on_policy_frac"] for r in gkd} <= {0.0, 1.0}
     mopd = read_metrics(str(tmp_path / "w"), "distill/mopd")
@@ -125,10 +128,10 @@ def test_gkd_and_mopd_micro_batched_on_a_2x2x2_mesh(tmp_path):
     assert n == pytest.approx(mopd[-1]["num_tokens"])
 
 
-def test_dopd_guardrails_and_opd_pruning_through_the_runner(tmp_path):
+def test_dopd_guardrails_and_opd_pruning_through_the_runner(mopd_run, tmp_path):
     config = tmp_path / "family.py"
     config.write_text(FAMILY)
-    _run(tmp_path / "w", str(config))
+    _run(tmp_path / "w", f"{config}:guarded,{mopd_run[0]}")
     results = json.loads((tmp_path / "w" / "results.json").read_text())["methods"]
     guarded = read_metrics(str(tmp_path / "w"), "distill/dopd_guarded")
     assert {"G_bar", "C_bar", "cut_frac"} <= set(guarded[0])

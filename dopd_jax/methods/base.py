@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 PREFIXES = ("x", "x+p", "x+p'")
+ROUTED_TEACHER = "teacher/@domain"  # row r: the teacher of its domain (MOPD)
 _SLOT_PREFIX = {"x": "", "x+p": "priv_", "x+p'": "wrongp_"}
 BASE_ROLES = ("student", "ref", "teacher")
 REF_UPDATES = ("frozen", "ema")
@@ -165,6 +166,10 @@ class Method:
         if self.responses is not None and self.responses(cfg).get("teacher", 0) > 0:
             roles.add(getattr(cfg, "teacher_role", "teacher"))
         return roles
+
+    def reads_domain_teachers(self, cfg) -> bool:
+        """True when the method reads one teacher per domain (``teacher/<domain>``)."""
+        return ROUTED_TEACHER in self.teacher_roles(cfg) or self.prepare is not None
 
     def required_fields(self, cfg) -> set[str]:
         """Example fields the method reads: ``requires``, plus ``response`` where it

@@ -23,8 +23,7 @@ import jax.numpy as jnp
 
 from dopd_jax import losses
 from dopd_jax.losses import divergences as div_lib
-from dopd_jax.methods.base import Method, Pass, check_choice
-from dopd_jax.steps.scoring import ROUTED_TEACHER
+from dopd_jax.methods.base import ROUTED_TEACHER, Method, Pass, check_choice
 
 FORMS = ("pg", "topk")
 

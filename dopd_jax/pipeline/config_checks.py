@@ -11,7 +11,6 @@ from dopd_jax.methods import pass_from_name
 from dopd_jax.models.chat import P_POSITIONS
 from dopd_jax.pipeline import hf_models
 from dopd_jax.pipeline.specs import ExperimentSpec, ModelSpec, RunSpec, experiment_spec
-from dopd_jax.steps.scoring import ROUTED_TEACHER
 from dopd_jax.trainer import early_stop
 
 MODEL_SOURCES = ("scratch", "workdir:PATH", "hf:PATH")
@@ -76,11 +75,6 @@ def validate(c: ml_collections.ConfigDict) -> ExperimentSpec:
     return spec
 
 
-def _uses_domain_teachers(r: RunSpec) -> bool:
-    roles = r.method.teacher_roles(r.config)
-    return ROUTED_TEACHER in roles or r.method.prepare is not None
-
-
 def _validate_run_graph(spec: ExperimentSpec) -> None:
     """Run sources name earlier runs; runs that read domain teachers have them."""
     names = [r.name for r in spec.runs]
@@ -100,7 +94,7 @@ def _validate_run_graph(spec: ExperimentSpec) -> None:
                 f"run {r.name!r}: must be '' (the student init) or 'run:NAME' of an earlier "
                 f"run in distill.methods {names[:i]}, got {r.init!r}",
             )
-        if _uses_domain_teachers(r):
+        if r.method.reads_domain_teachers(r.config):
             _check(
                 bool(spec.domain_teachers),
                 "distill.teachers",

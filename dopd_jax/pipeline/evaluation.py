@@ -13,10 +13,14 @@ from dopd_jax.data import encode
 from dopd_jax.steps import rollout as rollout_lib
 
 
+@functools.lru_cache(maxsize=32)
 def make_sampler(
     graphdef, *, max_new_tokens: int, eos_id: int, pad_id: int, k: int = 1, temperature: float = 1.0
 ):
-    """The jitted evaluation sampler: greedy for ``k == 1`` (key ignored), else k samples."""
+    """The jitted evaluation sampler: greedy for ``k == 1`` (key ignored), else k samples.
+
+    Memoized on its arguments, so every run of an experiment whose student has
+    the same graph reuses one compiled sampler instead of compiling its own."""
     cfg = rollout_lib.SamplerConfig(
         max_new_tokens=max_new_tokens,
         eos_id=eos_id,

@@ -59,13 +59,6 @@ def keep(ctx: Context, run_name: str, params, student: Model) -> Model:
     return load_into(ctx, student, path)
 
 
-def uses_domain_teachers(run) -> bool:
-    """True for runs that read the roles ``teacher/<domain>``."""
-    from dopd_jax.steps.scoring import ROUTED_TEACHER
-
-    return ROUTED_TEACHER in run.method.teacher_roles(run.config) or run.method.prepare is not None
-
-
 def resolve(ctx: Context, run, teacher: Model, student: Model, finished: dict) -> RunModels:
     """The models of ``run``; ``finished`` maps run names to kept final students."""
 
@@ -73,6 +66,6 @@ def resolve(ctx: Context, run, teacher: Model, student: Model, finished: dict) -
         return teacher if s == "teacher" else finished[s[len("run:") :]]
 
     start = source(run.init) if run.init else student
-    pairs = ctx.spec.domain_teachers if uses_domain_teachers(run) else ()
+    pairs = ctx.spec.domain_teachers if run.method.reads_domain_teachers(run.config) else ()
     domain_teachers = {d: source(s) for d, s in pairs}
     return RunModels(teacher, start, domain_teachers)

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from dopd_jax.methods.base import Pass
+from dopd_jax.methods.base import ROUTED_TEACHER, Pass
 from dopd_jax.models import transformer
 from dopd_jax.steps import rollout
 
@@ -111,9 +111,6 @@ def forward_logits(
     x_BLD, _ = jax.lax.scan(body, constrain(model.embed(tokens_BL)), blocks_N)
     # RMSNorm is per position: normalising only the T scored positions is exact.
     return constrain(model.logits(model.final_norm(x_BLD[:, p - 1 : p + t - 1])))
-
-
-ROUTED_TEACHER = "teacher/@domain"  # row r: the teacher of its domain (MOPD)
 
 
 def check_routing(domains, domain_B) -> None:
