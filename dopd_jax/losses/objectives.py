@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from dopd_jax.losses import divergences as div_lib
-from dopd_jax.losses import policy, routing
+from dopd_jax.losses import policy, routing, rules
 
 HS_TARGETS = ("priv_student", "teacher")
 
@@ -117,20 +117,9 @@ def dopd_loss(
     # The gap and q's come from the two PRIVILEGED passes, never the student.
     stats = routing.privilege_stats(targets["priv_student"], targets["teacher"], tokens, chunk_size)
     stats.update(extra_stats or {})
-    if rule is None:
-        regimes, refs = routing.dopd_regimes(
-            stats["gap"],
-            stats["qS"],
-            stats["qT"],
-            mask,
-            outlier_fraction=outlier_fraction,
-            gap_threshold=gap_threshold,
-            refs=refs,
-        )
-    else:
-        regimes, refs = rule(
-            stats, mask, refs=refs, outlier_fraction=outlier_fraction, gap_threshold=gap_threshold
-        )
+    regimes, refs = (rule or rules.dopd)(
+        stats, mask, refs=refs, outlier_fraction=outlier_fraction, gap_threshold=gap_threshold
+    )
     table = regime_table or routing.dopd_regime_table(beta_light, beta_weak, hs_target)
     divs = _regime_divergences(student_logits, targets, tokens, table, top_k, topk_mode, chunk_size)
     weighted = {name: r.weight * divs[name] for name, r in table.items()}
