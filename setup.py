@@ -19,6 +19,7 @@ INSTALL_REQUIRES = [
     "tokenizers==0.23.3",
     "jinja2==3.1.6",  # chat templates of Hugging Face checkpoints (models/chat.py)
     "safetensors==0.8.0",
+    "matplotlib==3.11.2",  # dopd_jax.sweep figures
 ]
 
 EXTRAS = {
@@ -30,7 +31,7 @@ EXTRAS = {
         "chex==0.1.92",
         "ruff==0.14.0",
     ],
-    "notebooks": ["jupytext==1.19.6", "matplotlib==3.11.2"],
+    "notebooks": ["jupytext==1.19.6"],
     # PyTorch CPU build (lies on the CI disk); an unpinned torch pulls CUDA.
     "compare": ["torch==2.13.0", "transformers==5.23.0", "safetensors==0.8.0"],
 }

@@ -18,6 +18,7 @@ RANKS = {
     "trainer": 4,
     "pipeline": 5,
     "run": 6,
+    "sweep": 6,
 }
 
 

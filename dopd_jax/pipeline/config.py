@@ -67,7 +67,13 @@ def method_args() -> dict:
 def base_config() -> ml_collections.ConfigDict:
     """Defaults of the privilege-illusion experiment family (CPU scale)."""
     c = ml_collections.ConfigDict()
+    # Seeds (dopd_jax.sweep varies seed and teacher_seed): seed draws the student's
+    # initialisation, its warm-up data order, the distillation prompts and sampling;
+    # teacher_seed the teacher's initialisation and SFT data order; task_seed the generated
+    # problems, test sets and tokenizer corpus (fixed, so seeds share one test set).
     c.seed = 0
+    c.teacher_seed = 0
+    c.task_seed = 0
     # Device mesh of every step (sharding.rules: batch over data x fsdp, weights over
     # fsdp x tensor); -1 = all remaining devices. One CPU device gives a 1x1x1 mesh.
     c.mesh = dict(data=-1, fsdp=1, tensor=1)

@@ -163,7 +163,7 @@ class EvalSpec:
 
 @dataclasses.dataclass(frozen=True)
 class ExperimentSpec:
-    seed: int
+    seed: int  # student initialisation and warm-up data order, prompt order, sampling
     mesh: tuple[tuple[str, int], ...]
     checkpoint_keep: int
     tokenizer: TokenizerSpec
@@ -174,6 +174,7 @@ class ExperimentSpec:
     eval: EvalSpec
     # domain -> source of its teacher ("teacher" or "run:NAME"): the roles teacher/<domain>
     domain_teachers: tuple[tuple[str, str], ...] = ()
+    task_seed: int = 0  # generated problems, test sets, tokenizer corpus
 
     def run_refs(self) -> set[str]:
         """Runs whose final student a later run reads (as a domain teacher or an init)."""
@@ -186,6 +187,7 @@ class ExperimentSpec:
             json.dumps(
                 {
                     "seed": self.seed,
+                    "task_seed": self.task_seed,
                     "task": dataclasses.asdict(self.task),
                     "tokenizer_vocab_size": self.tokenizer.vocab_size,
                     "tokenizer_hard_limit": self.tokenizer.hard_vocab_limit,
@@ -346,11 +348,12 @@ def experiment_spec(c: ml_collections.ConfigDict) -> ExperimentSpec:
         raise ValueError(f"config.distill.methods: duplicate entries in {names}")
     return ExperimentSpec(
         seed=c.seed,
+        task_seed=c.task_seed,
         mesh=tuple(c.mesh.to_dict().items()),
         checkpoint_keep=c.checkpoint_keep,
         tokenizer=tokenizer_spec(c),
         task=task_spec(c),
-        teacher=_model(c, "teacher", "teacher", c.seed + 100),
+        teacher=_model(c, "teacher", "teacher", c.teacher_seed + 100),
         student=_model(c, "student", "student_init", c.seed + 200),
         runs=tuple(run_spec(c, n) for n in names),
         eval=EvalSpec(

@@ -1,0 +1,167 @@
+"""Seed statistics of a sweep: results.json and metrics.jsonl of many workdirs -> tables.
+
+Pure functions over the plain dicts the runner writes, so a notebook can call
+them on any set of workdirs. A *cell* is one workdir (one variant, seed and
+teacher seed); rows are the reference models and the runs, matched by name.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+
+REFERENCES = ("teacher", "student_init")
+ROW_KEYS = ("acc_test", "acc_hard", "acc_priv")  # accuracy columns in that order when present
+
+
+def load_cell(workdir: str) -> dict | None:
+    """``results.json`` of a workdir, or None while the experiment has not finished."""
+    path = os.path.join(workdir, "results.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def load_curves(workdir: str) -> dict[str, list[dict]]:
+    """Per distillation run, its logged metric records (``metrics.jsonl``), in step order."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    runs: dict[str, list[dict]] = {}
+    if not os.path.exists(path):
+        return runs
+    with open(path) as f:
+        for line in f:
+            r = json.loads(line)
+            name = r.get("run", "")
+            if name.startswith("distill/"):
+                runs.setdefault(name[len("distill/") :], []).append(r)
+    return {k: sorted(v, key=lambda r: r["step"]) for k, v in runs.items()}
+
+
+def gap_closed(acc: float | None, init: float | None, teacher: float | None) -> float | None:
+    """``(acc - init) / (teacher - init)``: share of the init-to-teacher gap closed."""
+    if None in (acc, init, teacher) or teacher <= init:
+        return None
+    return (acc - init) / (teacher - init)
+
+
+def _cell_rows(results: dict, key: str = "acc_test") -> dict[str, dict]:
+    """Row name -> {metric: value} of one cell, ``gap_closed`` included for runs."""
+    refs, runs = results.get("references", {}), results.get("methods", {})
+    rows = {name: dict(refs[name]) for name in REFERENCES if name in refs}
+    init, teacher = refs.get("student_init", {}).get(key), refs.get("teacher", {}).get(key)
+    for name, r in runs.items():
+        row = {k: v for k, v in r.items() if isinstance(v, (int, float))}
+        for k in ("student_entropy", "kl_to_teacher", "frac_HS"):
+            if k in r.get("final", {}):
+                row[k] = r["final"][k]
+        row["gap_closed"] = gap_closed(r.get(key), init, teacher)
+        row["label"] = r.get("label") or name
+        rows[name] = row
+    return rows
+
+
+def mean_std(values) -> tuple[float, float, int] | None:
+    """Mean, sample standard deviation (0 for one value) and count, ignoring None."""
+    xs = [float(v) for v in values if v is not None and not math.isnan(v)]
+    if not xs:
+        return None
+    std = float(np.std(xs, ddof=1)) if len(xs) > 1 else 0.0
+    return float(np.mean(xs)), std, len(xs)
+
+
+def summarize(cells: list[dict]) -> dict[str, dict]:
+    """Row -> metric -> (mean, std, n) over the cells (each a results.json dict).
+
+    Row order: the references, then the runs in the order of the first cell.
+    """
+    per_cell = [_cell_rows(c) for c in cells]
+    names: list[str] = []
+    for rows in per_cell:
+        names += [n for n in rows if n not in names]
+    out = {}
+    for name in names:
+        present = [rows[name] for rows in per_cell if name in rows]
+        keys = sorted({k for r in present for k, v in r.items() if k != "label"})
+        stats = {k: mean_std([r.get(k) for r in present]) for k in keys}
+        out[name] = {k: v for k, v in stats.items() if v is not None}
+        out[name]["label"] = present[0].get("label", name)
+    return out
+
+
+def _fmt(stat, scale: float = 100.0, digits: int = 1) -> str:
+    if stat is None:
+        return "-"
+    mean, std, n = stat
+    return f"{scale * mean:.{digits}f} ± {scale * std:.{digits}f}"
+
+
+def markdown_table(summary: dict[str, dict], n_seeds: int) -> str:
+    """Mean ± std over seeds, one row per reference model and run."""
+    acc_keys = [k for k in ROW_KEYS if any(k in s for s in summary.values())]
+    cols = [k.removeprefix("acc_") + " %" for k in acc_keys] + [
+        "gap closed %",
+        "entropy",
+        "KL(T)",
+        "seeds",
+    ]
+    lines = ["| model | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for s in summary.values():
+        n = max((v[2] for k, v in s.items() if k != "label"), default=0)
+        cells = [_fmt(s.get(k)) for k in acc_keys]
+        cells += [
+            _fmt(s.get("gap_closed")),
+            _fmt(s.get("student_entropy"), 1.0, 3),
+            _fmt(s.get("kl_to_teacher"), 1.0, 3),
+            f"{n}/{n_seeds}",
+        ]
+        lines.append(f"| {s['label']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def variant_table(summaries: dict[str, dict[str, dict]], key: str = "acc_test") -> str:
+    """Variants x runs: ``key`` mean ± std, one row per variant (the robustness map)."""
+    runs: list[str] = []
+    for s in summaries.values():
+        runs += [n for n in s if n not in runs]
+    labels = {}
+    for s in summaries.values():
+        labels.update({n: r["label"] for n, r in s.items() if n not in labels})
+    lines = [
+        "| variant | " + " | ".join(labels[n] for n in runs) + " |",
+        "|---" * (len(runs) + 1) + "|",
+    ]
+    for variant, s in summaries.items():
+        cells = [_fmt(s.get(n, {}).get(key)) for n in runs]
+        lines.append(f"| {variant or 'default'} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def curve(records: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, values) of the records that logged ``key``."""
+    pts = [(r["step"], r[key]) for r in records if key in r and r[key] is not None]
+    if not pts:
+        return np.zeros(0), np.zeros(0)
+    steps, vals = zip(*pts)
+    return np.asarray(steps), np.asarray(vals, dtype=np.float64)
+
+
+def mean_curve(per_cell: list[list[dict]], key: str):
+    """Mean and std over cells at the steps every cell logged ``key`` (None if none)."""
+    curves = [curve(r, key) for r in per_cell if r]
+    curves = [c for c in curves if len(c[0])]
+    if not curves:
+        return None
+    common = sorted(set.intersection(*(set(s.tolist()) for s, _ in curves)))
+    if not common:
+        return None
+    rows = [np.asarray([dict(zip(s.tolist(), v))[t] for t in common]) for s, v in curves]
+    stack = np.stack(rows)
+    return (
+        np.asarray(common),
+        stack.mean(0),
+        stack.std(0, ddof=1) if len(rows) > 1 else 0 * stack[0],
+    )

@@ -1,0 +1,133 @@
+"""Seed sweeps: statistics against NumPy, stage sharing, resume by skipping, report files."""
+
+import json
+import os
+import textwrap
+
+import numpy as np
+import pytest
+
+from dopd_jax.pipeline import aggregate, sweep
+
+
+def _results(init, teacher, runs):
+    return {
+        "references": {
+            "teacher": {"acc_test": teacher, "acc_hard": teacher / 2},
+            "student_init": {"acc_test": init, "acc_hard": init / 2},
+        },
+        "methods": {
+            name: {"acc_test": acc, "label": name.upper(), "final": {"student_entropy": 0.1 * i}}
+            for i, (name, acc) in enumerate(runs.items())
+        },
+    }
+
+
+def test_summary_matches_numpy_mean_and_sample_std():
+    cells = [
+        _results(0.1, 0.5, {"opd": 0.3, "dopd": 0.2}),
+        _results(0.2, 0.6, {"opd": 0.4, "dopd": 0.1}),
+        _results(0.1, 0.5, {"opd": 0.25}),  # dopd missing in one cell
+    ]
+    s = aggregate.summarize(cells)
+    assert list(s) == ["teacher", "student_init", "opd", "dopd"]
+    mean, std, n = s["opd"]["acc_test"]
+    np.testing.assert_allclose(
+        [mean, std], [np.mean([0.3, 0.4, 0.25]), np.std([0.3, 0.4, 0.25], ddof=1)]
+    )
+    assert n == 3 and s["dopd"]["acc_test"][2] == 2
+    gaps = [(0.3 - 0.1) / 0.4, (0.4 - 0.2) / 0.4, (0.25 - 0.1) / 0.4]
+    np.testing.assert_allclose(s["opd"]["gap_closed"][0], np.mean(gaps))
+    assert s["opd"]["label"] == "OPD"
+    table = aggregate.markdown_table(s, 3)
+    assert "| OPD | 31.7 ± 7.6 |" in table and "| 3/3 |" in table and "| 2/3 |" in table
+
+
+def test_gap_closed_undefined_when_the_teacher_is_not_better():
+    assert aggregate.gap_closed(0.3, 0.4, 0.4) is None
+    assert aggregate.gap_closed(None, 0.1, 0.5) is None
+    assert aggregate.gap_closed(0.3, 0.1, 0.5) == pytest.approx(0.5)
+    assert aggregate.mean_std([None, float("nan")]) is None
+    assert aggregate.mean_std([0.5]) == (0.5, 0.0, 1)
+
+
+def test_mean_curve_uses_the_steps_every_seed_logged():
+    a = [{"step": 10, "x": 1.0}, {"step": 20, "x": 3.0}, {"step": 30, "x": 5.0}]
+    b = [{"step": 10, "x": 3.0}, {"step": 20, "x": 5.0}]
+    steps, mean, std = aggregate.mean_curve([a, b], "x")
+    np.testing.assert_array_equal(steps, [10, 20])
+    np.testing.assert_allclose(mean, [2.0, 4.0])
+    np.testing.assert_allclose(std, [np.sqrt(2), np.sqrt(2)])
+    assert aggregate.mean_curve([a, b], "missing") is None
+
+
+def test_plan_orders_cells_and_refuses_duplicates():
+    cells = sweep.plan(("", "b"), (0, 1), (0,))
+    assert [(c.variant, c.seed) for c in cells] == [("", 0), ("", 1), ("b", 0), ("b", 1)]
+    assert cells[0].workdir("/r") == "/r/default/s0_t0"
+    with pytest.raises(ValueError, match="duplicate seeds"):
+        sweep.plan(("",), (0, 0), (0,))
+
+
+MODULE = """
+from dopd_jax.pipeline import config as config_lib
+
+SEEDS = (0, 1)
+
+def get_config(arg=None):
+    c = config_lib.base_config()
+    config_lib.shrink_to_smoke(c)
+    c.distill.methods = ("opd", "dopd")
+    c.distill.steps, c.distill.eval_every, c.distill.log_every = 4, 2, 2
+    if arg == "lr":
+        c.distill.lr = 3e-3
+    elif arg:
+        raise ValueError(arg)
+    return c
+"""
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep")
+    path = root / "exp.py"
+    path.write_text(textwrap.dedent(MODULE))
+    axes = sweep.module_axes(str(path))
+    cells = sweep.plan(("", "lr"), axes["seeds"], axes["teacher_seeds"])
+    logs = []
+    text = sweep.run_sweep(str(path), str(root / "out"), cells, log=logs.append)
+    return path, root / "out", cells, text, logs
+
+
+def test_sweep_shares_stages_and_writes_tables_and_figures(swept):
+    path, out, cells, text, _ = swept
+    assert len(cells) == 4
+    configs = [json.load(open(os.path.join(c.workdir(str(out)), "config.json"))) for c in cells]
+    # one teacher for all cells (same teacher seed); the student warm-up per seed
+    assert configs[0]["teacher"]["source"] == "scratch"
+    assert {c["teacher"]["source"] for c in configs[1:]} == {
+        "workdir:" + cells[0].workdir(str(out))
+    }
+    assert configs[1]["student"]["source"] == "scratch"  # seed 1: its own warm-up
+    assert configs[2]["student"]["source"] == "workdir:" + cells[0].workdir(str(out))
+    assert configs[2]["distill"]["lr"] == 3e-3 and configs[1]["seed"] == 1
+    # the shared teacher gives identical teacher rows; seeds give different students
+    res = [json.load(open(os.path.join(c.workdir(str(out)), "results.json"))) for c in cells]
+    assert res[0]["references"]["teacher"] == res[1]["references"]["teacher"]
+    assert res[0]["references"]["student_init"] == res[2]["references"]["student_init"]
+    assert "## default" in text and "## lr" in text and "## Variants (test %)" in text
+    assert "| vanilla OPD (T->S) |" in text and "| 2/2 |" in text
+    for name in ("default_curves.png", "default_routing.png", "default_final.png", "lr_final.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG", name
+    assert "opd" in json.load(open(out / "summary.json"))["default"]
+
+
+def test_rerun_skips_finished_cells_and_reports_partial_sweeps(swept):
+    path, out, cells, text, _ = swept
+    logs = []
+    again = sweep.run_sweep(str(path), str(out), cells, log=logs.append)
+    assert again == text
+    assert all("finished, skipped" in line for line in logs), logs
+    more = sweep.plan(("",), (0, 1, 5), (0,))  # seed 5 not run: reported as 2/3
+    partial = sweep.write_report(str(path), str(out), more)
+    assert "| 2/3 |" in partial
