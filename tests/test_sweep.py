@@ -131,3 +131,19 @@ def test_rerun_skips_finished_cells_and_reports_partial_sweeps(swept):
     more = sweep.plan(("",), (0, 1, 5), (0,))  # seed 5 not run: reported as 2/3
     partial = sweep.write_report(str(path), str(out), more)
     assert "| 2/3 |" in partial
+
+
+def test_module_arguments_parse_and_name_what_is_wrong():
+    from dopd_jax.pipeline import config as config_lib
+
+    args, smoke = config_lib.parse_arg("mislead=0.5,smoke", mislead=("0", "0.5"))
+    assert args == {"mislead": "0.5"} and smoke
+    assert config_lib.parse_arg(None) == ({}, False)
+    with pytest.raises(
+        ValueError, match=r"unknown argument 'size=l'; valid: smoke, mislead=0\|0.5"
+    ):
+        config_lib.parse_arg("size=l", mislead=("0", "0.5"))
+    with pytest.raises(ValueError, match=r"mislead='0.3': valid values \['0', '0.5'\]"):
+        config_lib.parse_arg("mislead=0.3", mislead=("0", "0.5"))
+    with pytest.raises(ValueError, match="unknown model size 'xxl'"):
+        config_lib.sized("xxl")

@@ -159,3 +159,19 @@ def test_bad_names_raise_listing_valid_ones():
 def test_unsatisfiable_hard_split_raises():
     with pytest.raises(ValueError, match="hard_min"):
         tasks.generate("sort", 1, 0, split="hard", difficulty={"n_items": 3, "hard_min": 3})
+
+
+def test_config_difficulty_strings_parse_and_feed_an_ood_set():
+    from dopd_jax.data import sources
+
+    assert sources.parse_difficulty("n_ops=3, ops=+*") == {"n_ops": 3, "ops": "+*"}
+    with pytest.raises(ValueError, match="expected field=value items, got 'n_ops'"):
+        sources.parse_difficulty("n_ops")
+    spec = sources.TaskSpec(difficulty="n_ops=2", ood_difficulty="n_ops=3", n_test=20, n_hard=5)
+    data = sources.generated_task(spec, 0)
+    assert sorted(data.eval_sets) == ["hard", "ood", "test"]
+    assert all(ex.prompt.count("=") == 1 for ex in data.eval_sets["test"])
+    ops = [sum(ex.prompt.count(o) for o in "+-*") for ex in data.eval_sets["ood"]]
+    assert ops == [3] * 20  # three operations in every ood prompt
+    with pytest.raises(ValueError, match="ood_difficulty: one domain only"):
+        sources.generated_task(sources.TaskSpec(domain="arith,sort", ood_difficulty="n_ops=3"), 0)

@@ -43,7 +43,8 @@ class TaskSpec:
     verifier: str = ""  # "" = the source's own; a name in VERIFIERS or an import path
     # generated
     domain: str = "arith"
-    difficulty: str = ""
+    difficulty: str = ""  # "field=value,...", e.g. "n_ops=3,max_digits=2" (domain's knobs)
+    ood_difficulty: str = ""  # non-empty: an extra evaluation set "ood" drawn at this one
     misleading_fraction: float = 0.2
     n_test: int = 1000
     n_hard: int = 1000
@@ -121,10 +122,23 @@ def example_texts(examples) -> list[str]:
     return texts
 
 
-def _generated_kwargs(spec: TaskSpec) -> dict:
+def parse_difficulty(text: str, key: str = "task.difficulty") -> dict:
+    """``"n_ops=3,ops=+*"`` -> ``{"n_ops": 3, "ops": "+*"}`` (integers where they parse)."""
+    out = {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"config.{key}: expected field=value items, got {item!r} in {text!r}")
+        value = value.strip()
+        out[name.strip()] = int(value) if value.lstrip("-").isdigit() else value
+    return out
+
+
+def _generated_kwargs(spec: TaskSpec, difficulty: str | None = None) -> dict:
     kw = {"misleading_fraction": spec.misleading_fraction}
-    if spec.difficulty:
-        kw["difficulty"] = spec.difficulty
+    text = spec.difficulty if difficulty is None else difficulty
+    if text:
+        kw["difficulty"] = parse_difficulty(text)
     return kw
 
 
@@ -143,6 +157,10 @@ def generated_task(spec: TaskSpec, seed: int, workdir: str = "") -> TaskData:
     several domains (``"arith,sort"``) a uniform mix and one test set per domain."""
     kw = _generated_kwargs(spec)
     all_domains = task_domains(spec)
+    if spec.ood_difficulty and len(all_domains) > 1:
+        raise ValueError(
+            f"config.task.ood_difficulty: one domain only (its knobs), got {spec.domain!r}"
+        )
 
     def train(batch_size, stream_seed, domains=all_domains):
         difficulty = {d: kw["difficulty"] for d in domains} if "difficulty" in kw else None
@@ -160,6 +178,9 @@ def generated_task(spec: TaskSpec, seed: int, workdir: str = "") -> TaskData:
             "test": generated.generate(d, spec.n_test, seed + 1, split="test", **kw),
             "hard": generated.generate(d, spec.n_hard, seed + 2, split="hard", **kw),
         }
+        if spec.ood_difficulty:
+            ood = _generated_kwargs(spec, spec.ood_difficulty)
+            evals["ood"] = generated.generate(d, spec.n_test, seed + 3, split="test", **ood)
     else:
         evals = {
             f"test_{d}": generated.generate(d, spec.n_test, seed + 1, split="test", **kw)

@@ -37,6 +37,23 @@ def model_config(d_model, n_layers, n_heads, n_kv_heads, d_ff, *, qk_norm=True):
     )
 
 
+# Model sizes of this experiment family (d_model, layers, heads, kv heads, d_ff):
+# size_pairs and robustness_map pick teacher/student pairs from these.
+SIZES = {
+    "xs": (48, 2, 4, 2, 128),
+    "s": (64, 2, 4, 2, 192),
+    "m": (96, 3, 4, 2, 256),
+    "l": (128, 4, 4, 2, 384),
+}
+
+
+def sized(name: str) -> ml_collections.ConfigDict:
+    """The model config of a named size (``SIZES``); ValueError lists the names."""
+    if name not in SIZES:
+        raise ValueError(f"unknown model size {name!r}; valid: {sorted(SIZES)}")
+    return model_config(*SIZES[name])
+
+
 def _optim(lr: float, warmup_steps: int) -> dict:
     # AdamW; weight decay, the cosine schedule's end and clipping are explicit.
     return dict(
@@ -91,7 +108,8 @@ def base_config() -> ml_collections.ConfigDict:
         max_overlength_fraction=0.0,
         verifier="",
         domain="arith",
-        difficulty="",
+        difficulty="",  # "field=value,..." of the generated domain, e.g. "n_ops=3"
+        ood_difficulty="",  # non-empty: also evaluate on "ood", drawn at this difficulty
         misleading_fraction=0.2,
         n_test=1000,
         n_hard=1000,
@@ -183,6 +201,46 @@ def shrink_to_smoke(c: ml_collections.ConfigDict) -> None:
     c.task.n_test, c.task.n_hard = 32, 32
     c.task.corpus_size = 500
     c.eval.batch_size = 32
+
+
+def parse_arg(arg: str | None, **choices) -> tuple[dict, bool]:
+    """An experiment module's ``get_config`` argument: ``key=value,...`` plus ``smoke``.
+
+    Args:
+      arg: e.g. ``"mislead=0.25,student=small,smoke"`` (None or "" = defaults).
+      **choices: each accepted key with its valid values (strings).
+
+    Returns:
+      ``({key: value}, smoke)``.
+
+    Raises:
+      ValueError: naming the unknown key or value and the valid ones.
+    """
+    out, smoke = {}, False
+    for token in (arg or "").split(","):
+        if not token:
+            continue
+        if token == "smoke":
+            smoke = True
+            continue
+        key, sep, value = token.partition("=")
+        valid = choices.get(key)
+        if not sep or valid is None:
+            raise ValueError(
+                f"unknown argument {token!r}; valid: smoke, "
+                + ", ".join(f"{k}={'|'.join(map(str, v))}" for k, v in choices.items())
+            )
+        if value not in tuple(map(str, valid)):
+            raise ValueError(f"argument {key}={value!r}: valid values {list(map(str, valid))}")
+        out[key] = value
+    return out, smoke
+
+
+def add_variants(c: ml_collections.ConfigDict, **variants) -> None:
+    """Adds named run variants (``distill.variants``) to a locked config."""
+    with c.distill.variants.unlocked():
+        for name, v in variants.items():
+            c.distill.variants[name] = v
 
 
 def to_json_dict(c: ml_collections.ConfigDict) -> dict:

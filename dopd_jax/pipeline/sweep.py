@@ -65,11 +65,15 @@ def plan(variants, seeds, teacher_seeds) -> list[Cell]:
 
 
 def _stage_key(c: ml_collections.ConfigDict, block: str) -> str:
-    """What an SFT stage's output depends on (its block, the task, tokenizer, seeds)."""
+    """What an SFT stage's output depends on (its block, the task, tokenizer, seeds).
+
+    ``task.priv_form`` is left out: only distillation and evaluation read it.
+    """
     seed = c.teacher_seed if block == "teacher" else c.seed
+    task = {k: v for k, v in c.task.to_dict().items() if k != "priv_form"}
     parts = dict(
         block=c[block].to_dict(),
-        task=c.task.to_dict(),
+        task=task,
         tokenizer=c.tokenizer.to_dict(),
         task_seed=c.task_seed,
         seed=seed,
@@ -95,11 +99,17 @@ def _register(c, workdir: str, finished: dict) -> None:
             finished.setdefault((block, _stage_key(c, block)), workdir)
 
 
-def run_sweep(path: str, root: str, cells: list[Cell], *, log=print, progress=None) -> str:
-    """Runs every unfinished cell, then writes the report; returns its markdown."""
+def run_sweep(
+    path: str, root: str, cells: list[Cell], *, log=print, progress=None, finished=None
+) -> str:
+    """Runs every unfinished cell, then writes the report; returns its markdown.
+
+    ``finished`` (stage key -> workdir) may carry finished stages in from other
+    sweeps (e.g. several modules' smoke runs sharing one teacher); it is updated.
+    """
     from dopd_jax.pipeline.runner import run_experiment
 
-    finished: dict = {}
+    finished = {} if finished is None else finished
     for i, cell in enumerate(cells):
         workdir = cell.workdir(root)
         c = cell_config(path, cell, finished)

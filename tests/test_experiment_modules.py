@@ -1,0 +1,54 @@
+"""Every experiment module runs end to end in smoke mode and documents its commands.
+
+The modules run through the sweep in one process and share SFT stages where
+their configs agree (one smoke teacher and student init for most), so the
+cost is the distillation runs themselves.
+"""
+
+import json
+import pathlib
+
+import pytest
+
+from dopd_jax.pipeline import config as config_lib
+from dopd_jax.pipeline import config_checks, sweep
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+# privilege_illusion and mopd_domains run in test_experiment / test_method_pipeline;
+# qwen3 and jsonl need checkpoints or files (test_qwen3_experiment, test_user_data).
+COVERED_ELSEWHERE = {
+    "privilege_illusion.py",
+    "mopd_domains.py",
+    "qwen3_8b_to_1p7b.py",
+    "jsonl_task.py",
+}
+MODULES = sorted(
+    p.name for p in (ROOT / "experiments").glob("*.py") if p.name not in COVERED_ELSEWHERE
+)
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    return tmp_path_factory.mktemp("modules"), {}
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_module_smoke_runs_every_run_and_reports(name, shared):
+    root, finished = shared
+    path = str(ROOT / "experiments" / name)
+    text = (ROOT / "experiments" / name).read_text()
+    assert f"--config experiments/{name}" in text  # the module documents its command
+    axes = sweep.module_axes(path)
+    for v in axes["variants"]:  # every variant's full-size config is valid
+        config_checks.validate(config_lib.load_experiment(path, v or None))
+    first = axes["variants"][0]
+    cell = sweep.Cell(",".join(x for x in (first, "smoke") if x), 0, 0)
+    out = root / name.removesuffix(".py")
+    report = sweep.run_sweep(path, str(out), [cell], log=lambda *_: None, finished=finished)
+    results = json.loads((pathlib.Path(cell.workdir(str(out))) / "results.json").read_text())
+    cfg = config_lib.load_experiment(path, cell.variant)
+    assert list(results["methods"]) == list(cfg.distill.methods)
+    for run, r in results["methods"].items():
+        accs = [v for k, v in r.items() if k.startswith("acc_")]
+        assert accs and all(0.0 <= a <= 1.0 for a in accs), run
+        assert (r.get("label") or run) in report
