@@ -10,12 +10,13 @@
 # ---
 
 # %% [markdown]
-# # Routing playground: prototype DOPD routing rules on captured token statistics
+# # Routing workbench: prototype a DOPD routing rule, then train with it
 #
 # DOPD routes every response token by the gap between the privileged teacher and
 # the privileged student (methods.md section 4). This notebook captures one
 # on-policy batch of per-token statistics from a trained teacher and a warmed-up
-# student, then compares routing rules on those arrays, with no training code.
+# student, compares routing rules on those arrays (no training code), plots the
+# regime map, and finally trains a few steps with a new rule next to DOPD.
 #
 # It reuses the teacher and student of a main-experiment workdir
 # (`DOPD_WORKDIR`, default `runs/main`); without one it builds the smoke-size
@@ -139,3 +140,80 @@ for name, rule in {"dopd": rules_lib.get_rule("dopd"), "confidence_rule": confid
     regimes, _ = rule({k: jnp.asarray(v) for k, v in stats.items()}, jnp.asarray(stats["mask"]))
     shares = analysis.regime_shares(jax.device_get(regimes), stats["mask"])
     print(f"rule form {name:<16}", {k: f"{v:.0%}" for k, v in shares.items()})
+
+# %% [markdown]
+# ## The regime map of each rule
+# Every valid token of the captured batch by its gap and the teacher-minus-student
+# confidence, coloured by the regime the rule gives it.
+
+# %%
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+valid = np.asarray(stats["mask"], bool)
+diff = stats["qT"] - stats["qS"]
+fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+for ax, (name, rule) in zip(
+    axes, {"dopd": rules_lib.get_rule("dopd"), "confidence_rule": confidence_rule}.items()
+):
+    regimes, _ = rule({k: jnp.asarray(v) for k, v in stats.items()}, jnp.asarray(stats["mask"]))
+    for r, m in jax.device_get(regimes).items():
+        sel = (np.asarray(m) > 0) & valid
+        ax.scatter(stats["gap"][sel], diff[sel], s=5, label=f"{r} ({sel.sum() / valid.sum():.0%})")
+    ax.set(title=name, xlabel="gap A")
+    ax.legend(fontsize=7)
+axes[0].set_ylabel("qT - qS")
+fig.tight_layout()
+map_path = os.path.join(os.environ.get("DOPD_FIGURES", workdir), "rule_regime_maps.png")
+fig.savefig(map_path, dpi=100)
+print("wrote", map_path)
+
+# %% [markdown]
+# ## Train with the new rule, next to DOPD
+# A rule the runner can load lives in an importable module: write it to a file,
+# put its directory on `sys.path` and name it `module:function`. Both runs start
+# from the same teacher and student (`workdir:` sources), in a separate workdir,
+# so the source workdir is left untouched. `DOPD_TRAIN_STEPS` sets the budget.
+
+# %%
+import inspect  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+import textwrap  # noqa: E402
+
+from dopd_jax.pipeline.runner import run_experiment  # noqa: E402
+
+if smoke:  # the temporary stages become a workdir other runs can load models from
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        json.dump(config_lib.to_json_dict(cfg), f)
+rule_dir = tempfile.mkdtemp(prefix="dopd_rules_")
+with open(os.path.join(rule_dir, "my_rules.py"), "w") as f:
+    f.write("import jax.numpy as jnp\n\n\n" + textwrap.dedent(inspect.getsource(confidence_rule)))
+sys.path.insert(0, rule_dir)
+
+if smoke:
+    trial = config_lib.base_config()
+    config_lib.shrink_to_smoke(trial)
+else:
+    trial = config_lib.load_config(workdir)
+trial.teacher.source = trial.student.source = "workdir:" + workdir
+trial.distill.steps = int(os.environ.get("DOPD_TRAIN_STEPS", 4 if smoke else 100))
+trial.distill.eval_every = 0
+config_lib.add_variants(
+    trial,
+    dopd_confidence=dict(
+        method="dopd", routing="my_rules:confidence_rule", label="confidence rule"
+    ),
+)
+trial.distill.methods = ("dopd", "dopd_confidence")
+trial_dir = tempfile.mkdtemp(prefix="dopd_rule_trial_")
+results = run_experiment(trial, trial_dir, log=lambda *_: None)
+for name, r in results["methods"].items():
+    final = r["final"]
+    print(
+        f"{r.get('label') or name:<18} test {100 * r['acc_test']:5.1f}%  "
+        f"KL(T+p) {final['kl_to_priv_teacher']:.3f}  "
+        f"HS {final.get('frac_HS', 0):.0%}  HT {final.get('frac_HT', 0):.0%}"
+    )
