@@ -2,8 +2,8 @@
 
 import json
 import os
-import re
 import pathlib
+import re
 import subprocess
 import sys
 
