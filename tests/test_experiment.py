@@ -33,7 +33,7 @@ STEP_KEYS = {
     "time_update",
     "tokens_per_sec",
 }
-RUNS = ("opd", "privt", "opsd", "dopd", "dopd_hs_teacher", "dopd_frozen")
+RUNS = ("opd", "privt", "opsd", "dopd", "dopd_frozen")
 DOPD_KEYS = {
     "frac_LH",
     "frac_LL",
@@ -78,7 +78,6 @@ def test_smoke_prints_table_with_every_method(smoke_run):
         "Priv.T->S",
         "OPSD",
         "DOPD",
-        "DOPD hs_target=teacher",
         "DOPD priv_student=frozen",
         "teacher",
         "student_init",

@@ -47,7 +47,7 @@ def test_module_smoke_runs_every_run_and_reports(name, shared):
     report = sweep.run_sweep(path, str(out), [cell], log=lambda *_: None, finished=finished)
     results = json.loads((pathlib.Path(cell.workdir(str(out))) / "results.json").read_text())
     cfg = config_lib.load_experiment(path, cell.variant)
-    assert list(results["methods"]) == list(cfg.distill.methods)
+    assert sorted(results["methods"]) == sorted(cfg.distill.methods)
     for run, r in results["methods"].items():
         accs = [v for k, v in r.items() if k.startswith("acc_")]
         assert accs and all(0.0 <= a <= 1.0 for a in accs), run
