@@ -31,6 +31,8 @@ def test_summary_matches_numpy_mean_and_sample_std():
     ]
     s = aggregate.summarize(cells)
     assert list(s) == ["teacher", "student_init", "opd", "dopd"]
+    cells[0]["config"] = {"distill": {"methods": ["dopd", "opd"]}}
+    assert list(aggregate.summarize(cells))[2:] == ["dopd", "opd"]
     mean, std, n = s["opd"]["acc_test"]
     np.testing.assert_allclose(
         [mean, std], [np.mean([0.3, 0.4, 0.25]), np.std([0.3, 0.4, 0.25], ddof=1)]

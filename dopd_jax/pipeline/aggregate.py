@@ -49,11 +49,15 @@ def gap_closed(acc: float | None, init: float | None, teacher: float | None) -> 
 
 
 def _cell_rows(results: dict, key: str = "acc_test") -> dict[str, dict]:
-    """Row name -> {metric: value} of one cell, ``gap_closed`` included for runs."""
+    """Row name -> {metric: value} of one cell, ``gap_closed`` included for runs
+    (runs in the config's ``distill.methods`` order)."""
     refs, runs = results.get("references", {}), results.get("methods", {})
     rows = {name: dict(refs[name]) for name in REFERENCES if name in refs}
     init, teacher = refs.get("student_init", {}).get(key), refs.get("teacher", {}).get(key)
-    for name, r in runs.items():
+    order = results.get("config", {}).get("distill", {}).get("methods", [])
+    names = [n for n in order if n in runs] + [n for n in runs if n not in order]
+    for name in names:
+        r = runs[name]
         row = {k: v for k, v in r.items() if isinstance(v, (int, float))}
         for k in ("student_entropy", "kl_to_teacher", "frac_HS"):
             if k in r.get("final", {}):
