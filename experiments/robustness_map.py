@@ -49,7 +49,9 @@ def get_config(arg=None):
         c.student.model = config_lib.sized("xs")
     config_lib.add_variants(c, **RUNS)
     c.distill.methods = ("opd", "dopd", "dopd_hs_teacher", "dopd_frozen", *RUNS)
-    if smoke:
+    if smoke:  # the early stop made to fire at its first log, so the path runs
         config_lib.shrink_to_smoke(c)
         c.distill.methods = ("dopd_skill", "dopd_wrong_hint", "dopd_early_stop")
+        c.distill.variants.dopd_early_stop.early_stop.hs_frac = 0.01
+        c.distill.variants.dopd_early_stop.early_stop.patience = 1
     return c

@@ -12,6 +12,7 @@ import pytest
 
 from dopd_jax.pipeline import config as config_lib
 from dopd_jax.pipeline import config_checks, sweep
+from dopd_jax.trainer.metric_writer import read_metrics
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # privilege_illusion and mopd_domains run in test_experiment / test_method_pipeline;
@@ -52,3 +53,34 @@ def test_module_smoke_runs_every_run_and_reports(name, shared):
         accs = [v for k, v in r.items() if k.startswith("acc_")]
         assert accs and all(0.0 <= a <= 1.0 for a in accs), run
         assert (r.get("label") or run) in report
+    CHECKS.get(name, lambda *_: None)(cell.workdir(str(out)), results["methods"])
+
+
+def _guardrails(workdir, runs):
+    """Skill-gap routing and the wrong-hint contrast log their statistics; the
+    early stop (made to fire in smoke mode) ends its run and says why."""
+    assert "G_bar" in read_metrics(workdir, "distill/dopd_skill")[0]
+    assert {"C_bar", "cut_frac"} <= set(read_metrics(workdir, "distill/dopd_wrong_hint")[0])
+    stopped = runs["dopd_early_stop"]["stopped"]
+    assert stopped["step"] == 2 and "HS" in stopped["reason"], stopped
+
+
+def _pruning(workdir, runs):
+    assert 0.1 < read_metrics(workdir, "distill/opd_prune_high_gap")[-1]["pruned_frac"] < 0.3
+
+
+def _ood(workdir, runs):
+    assert "acc_ood" in runs["opd"] and "acc_hard" in runs["opd"]
+
+
+def _continual(workdir, runs):
+    # each stage is scored on every domain: forgetting is readable from the table
+    assert {"acc_test_arith", "acc_test_sort"} <= set(runs["opd_sort"])
+
+
+CHECKS = {
+    "robustness_map.py": _guardrails,
+    "token_pruning.py": _pruning,
+    "out_of_distribution.py": _ood,
+    "continual.py": _continual,
+}
