@@ -29,6 +29,11 @@ def _band(ax, per_cell, key, label, scale=1.0):
     return True
 
 
+def _legend(ax, size: int) -> None:
+    if ax.get_legend_handles_labels()[0]:  # runs without the metric draw nothing
+        ax.legend(fontsize=size)
+
+
 def learning_curves(curves: list[dict], labels: dict[str, str], path: str, title: str) -> None:
     """Accuracy (in-run evaluation) and student entropy over steps, one line per run."""
     fig, (acc, ent) = plt.subplots(1, 2, figsize=(11, 4))
@@ -38,7 +43,7 @@ def learning_curves(curves: list[dict], labels: dict[str, str], path: str, title
         _band(ent, per_cell, "student_entropy", labels[run])
     acc.set(xlabel="step", ylabel="accuracy % (in-run eval, no p)", title="accuracy")
     ent.set(xlabel="step", ylabel="nats / token", title="student entropy")
-    acc.legend(fontsize=7)
+    _legend(acc, 7)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -58,7 +63,7 @@ def routing(curves: list[dict], labels: dict[str, str], path: str, title: str) -
         _band(axes[1, j], per_cell, "A_bar", "A_bar")
         axes[0, j].set(title=labels[run], ylabel="% of response tokens", ylim=(0, 100))
         axes[1, j].set(xlabel="step", ylabel="A_bar (trimmed mean |gap|)")
-        axes[0, j].legend(fontsize=7)
+        _legend(axes[0, j], 7)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -78,7 +83,7 @@ def final_bars(summary: dict[str, dict], path: str, title: str, key: str = "acc_
             ax.axhline(100 * summary[ref][key][0], ls=style, color="k", label=ref)
     ax.set_xticks(range(len(runs)), [summary[n]["label"] for n in runs], rotation=30, ha="right")
     ax.set(ylabel=f"{key.removeprefix('acc_')} accuracy % (mean ± std over seeds)", title=title)
-    ax.legend(fontsize=8)
+    _legend(ax, 8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
