@@ -107,6 +107,11 @@ def test_smoke_writes_results_and_metrics(smoke_run):
     fracs = sum(dopd[f"frac_{r}"] for r in ("LH", "LL", "HT", "HS"))
     assert abs(fracs - 1.0) < 1e-5
     assert (workdir / "tb").is_dir() and any((workdir / "tb").iterdir())
+    stages = {"context", "sft/teacher", "sft/student", "eval/references"}
+    stages |= {f"distill/{m}/{part}" for m in RUNS for part in ("train", "eval")}
+    assert set(results["wall_times_s"]) == stages
+    assert all(t > 0 for t in results["wall_times_s"].values())
+    assert "stage wall times (s): context" in smoke_run[1].stdout + smoke_run[1].stderr
 
 
 def test_restart_resumes_without_retraining(smoke_run):
@@ -118,6 +123,9 @@ def test_restart_resumes_without_retraining(smoke_run):
     assert (workdir / "metrics.jsonl").read_text() == before  # nothing retrained
     results_after = json.loads((workdir / "results.json").read_text())
     assert results_after["methods"] == results_before["methods"]
+    # Restored stages keep the time of the process that did their work.
+    trained = {k: v for k, v in results_before["wall_times_s"].items() if k != "context"}
+    assert {k: results_after["wall_times_s"][k] for k in trained} == trained
 
 
 def test_changed_stage_config_is_refused(smoke_run):

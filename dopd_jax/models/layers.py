@@ -84,6 +84,8 @@ def attend(
     """
     b, t, h, e = q_BTHE.shape
     g = k_BSGE.shape[2]
+    if t == 1:  # a decode step
+        return _attend_one(q_BTHE, k_BSGE, v_BSGE, q_slots_T, kv_mask_BS)
     q_BTGRE = q_BTHE.reshape(b, t, g, h // g, e)
     scores_BGRTS = (
         jnp.einsum("btgre,bsge->bgrts", q_BTGRE, k_BSGE, preferred_element_type=jnp.float32)
@@ -95,6 +97,25 @@ def attend(
     probs_BGRTS = jax.nn.softmax(scores_BGRTS, axis=-1).astype(v_BSGE.dtype)
     out_BTGRE = jnp.einsum("bgrts,bsge->btgre", probs_BGRTS, v_BSGE)
     return out_BTGRE.reshape(b, t, h, e)
+
+
+def _attend_one(q_B1HE, k_BSGE, v_BSGE, q_slots_1, kv_mask_BS) -> jax.Array:
+    """``attend`` for one query per row, as broadcast multiply-and-sum.
+
+    A [B, 1] x [B, S] batched dot per head group is a poor fit for the CPU's
+    matmul kernels; written elementwise, XLA fuses the score, the mask and the
+    weighted sum into passes that read the cache once each (benchmarks/README.md).
+    """
+    b, _, h, e = q_B1HE.shape
+    g = k_BSGE.shape[2]
+    q_B1GRE = q_B1HE.reshape(b, 1, g, h // g, e).astype(jnp.float32)
+    k_BSG1E = k_BSGE.astype(jnp.float32)[:, :, :, None, :]
+    scores_BSGR = jnp.sum(q_B1GRE * k_BSG1E, axis=-1) * e**-0.5
+    allowed_BS = (jnp.arange(k_BSGE.shape[1]) <= q_slots_1[0])[None] & kv_mask_BS
+    scores_BSGR = jnp.where(allowed_BS[:, :, None, None], scores_BSGR, _MASKED_SCORE)
+    probs_BSGR = jax.nn.softmax(scores_BSGR, axis=1).astype(v_BSGE.dtype)
+    out_BGRE = jnp.sum(probs_BSGR[..., None] * v_BSGE[:, :, :, None, :], axis=1)
+    return out_BGRE.reshape(b, 1, h, e).astype(q_B1HE.dtype)
 
 
 def _linear(d_in: int, d_out: int, cfg: ModelConfig, rngs: nnx.Rngs):

@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import itertools
 import os
+import time
 
 import jax
 import numpy as np
@@ -329,9 +330,11 @@ def distill_stage(ctx: Context, run: RunSpec, models: RunModels, writer, progres
     spec = make_spec(run, ctx.tok, ctx.task.domains)
     progress.stage(f"distill/{run.name}")
     sampler = eval_sampler(ctx, student.graphdef)
+    t0 = time.perf_counter()
     state, history, monitor, stopped = _run_loop(ctx, run, spec, models, sampler, writer, progress)
     if ctx.spec.student.hf_path is not None:
         _export(ctx, run, state.params, student)
+    t1 = time.perf_counter()
     result = full_eval(ctx, dataclasses.replace(student, params=state.params), sampler)
     if spec.ref_update != "none":  # the frozen / EMA privileged student the routing used
         first = next(iter(ctx.eval_sets.values()))
@@ -341,6 +344,8 @@ def distill_stage(ctx: Context, run: RunSpec, models: RunModels, writer, progres
     if stopped is not None:  # the early-stop guardrail ended the run
         result["stopped"] = stopped
     result.update(method=run.method.name, label=run.label)
+    # train: the step loop with its in-run evaluations and checkpoints; eval: the final one
+    result["wall_s"] = {"train": t1 - t0, "eval": time.perf_counter() - t1}
     return result, state.params
 
 

@@ -75,8 +75,17 @@ def format_table(results: dict) -> str:
         if r.get("stopped"):
             s = r["stopped"]
             lines.append(f"{'':<22} stopped early after step {s['step']}: {s['reason']}")
+    stages = format_stage_times(results.get("wall_times_s", {}))
     normalized = format_normalized(results)
-    return "\n".join(lines + (["", normalized] if normalized else []))
+    return "\n".join(lines + [stages] * bool(stages) + (["", normalized] if normalized else []))
+
+
+def format_stage_times(times: dict[str, float]) -> str:
+    """One line: the wall seconds of the data/tokenizer, SFT and reference-eval stages."""
+    shown = [(k, v) for k, v in times.items() if not k.startswith("distill/")]
+    if not shown:
+        return ""
+    return "stage wall times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in shown)
 
 
 def normalized_scores(results: dict, domain_teachers) -> dict:

@@ -18,8 +18,9 @@ from dopd_jax.pipeline import config as config_lib
 from dopd_jax.pipeline import config_checks, report, run_models
 from dopd_jax.pipeline.context import Progress, build_context
 from dopd_jax.pipeline.distill_stage import distill_stage, full_eval
-from dopd_jax.pipeline.sft_stage import model_stage
+from dopd_jax.pipeline.sft_stage import model_stage, will_train
 from dopd_jax.pipeline.specs import ExperimentSpec, without_memory_knobs
+from dopd_jax.pipeline.timings import StageTimes
 from dopd_jax.trainer.metric_writer import MetricWriter, NullMetricWriter
 
 
@@ -88,10 +89,16 @@ def run_experiment(
 
 
 def _run_stages(spec: ExperimentSpec, workdir: str, writer, progress, log) -> dict:
-    ctx = build_context(spec, workdir, log)
-    teacher = model_stage(ctx, spec.teacher, writer, progress)
-    student = model_stage(ctx, spec.student, writer, progress)
-    refs = _references(ctx, teacher, student, workdir)
+    times = StageTimes(workdir)
+    with times.stage("context"):  # task data and tokenizer
+        ctx = build_context(spec, workdir, log)
+    models = {}
+    for role in ("teacher", "student"):
+        m = getattr(spec, role)
+        with times.stage(f"sft/{m.name}", ran=will_train(ctx, m)):
+            models[role] = model_stage(ctx, m, writer, progress)
+    teacher, student = models["teacher"], models["student"]
+    refs = _references(ctx, teacher, student, workdir, times)
     runs, finished, kept = {}, {}, spec.run_refs()
     for run in spec.runs:
         path = os.path.join(workdir, "runs", run.name, "result.json")
@@ -102,6 +109,8 @@ def _run_stages(spec: ExperimentSpec, workdir: str, writer, progress, log) -> di
             models = run_models.resolve(ctx, run, teacher, student, finished)
             result, params = distill_stage(ctx, run, models, writer, progress)
             result["wall_time_s"] = time.perf_counter() - t0
+            for part, seconds in result.pop("wall_s").items():
+                times.record(f"distill/{run.name}/{part}", seconds)
             result["run_spec"] = run.to_json()
             if run.name in kept:  # before result.json: a finished run has its params
                 finished[run.name] = run_models.keep(ctx, run.name, params, student)
@@ -111,17 +120,18 @@ def _run_stages(spec: ExperimentSpec, workdir: str, writer, progress, log) -> di
             if run.name in kept:
                 finished[run.name] = run_models.keep(ctx, run.name, None, student)
         runs[run.name] = result
-    out = {"references": refs, "methods": runs}
+    out = {"references": refs, "methods": runs, "wall_times_s": times.as_dict()}
     if spec.domain_teachers:
         out["normalized"] = report.normalized_scores(out, spec.domain_teachers)
     return out
 
 
-def _references(ctx, teacher, student, workdir) -> dict:
+def _references(ctx, teacher, student, workdir, times: StageTimes) -> dict:
     path = os.path.join(workdir, "references.json")
     refs = _load_json(path)
     if refs is None:
-        refs = {"teacher": full_eval(ctx, teacher), "student_init": full_eval(ctx, student)}
+        with times.stage("eval/references"):
+            refs = {"teacher": full_eval(ctx, teacher), "student_init": full_eval(ctx, student)}
         _save_json(path, refs)
     return refs
 

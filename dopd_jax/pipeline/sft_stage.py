@@ -159,6 +159,12 @@ def _from_hf(ctx: Context, m: ModelSpec) -> Model:
     return Model(loaded.graphdef, loaded.params, loaded.config)
 
 
+def will_train(ctx: Context, m: ModelSpec) -> bool:
+    """True when ``model_stage`` SFT-trains ``m`` (no checkpoint, source or saved params)."""
+    restorable = m.hf_path is not None or m.source.startswith("workdir:")
+    return not restorable and not params_io.has_params(os.path.join(ctx.workdir, m.name))
+
+
 def model_stage(ctx: Context, m: ModelSpec, writer, progress) -> Model:
     """The model of ``m``: loaded from a checkpoint, reloaded when its stage finished,
     restored, or SFT-trained."""

@@ -1,0 +1,1 @@
+"""Benchmarks (not tests): ``python -m benchmarks.compare --json OUT`` and the per-topic scripts."""
