@@ -32,8 +32,18 @@ EXTRAS = {
         "ruff==0.14.0",
     ],
     "notebooks": ["jupytext==1.19.6"],
-    # PyTorch CPU build (lies on the CI disk); an unpinned torch pulls CUDA.
-    "compare": ["torch==2.13.0", "transformers==5.23.0", "safetensors==0.8.0"],
+    # PyTorch CPU build (lies on the CI disk); an unpinned torch pulls CUDA. TRL and
+    # its own requirements: the peers of benchmarks.compare.
+    "compare": [
+        "torch==2.13.0",
+        "transformers==5.23.0",
+        "safetensors==0.8.0",
+        "trl==1.16.0",
+        "accelerate==1.15.0",
+        "datasets==5.2.0",
+        "pandas==3.1.1",
+        "pyarrow==26.0.1",
+    ],
 }
 
 setuptools.setup(

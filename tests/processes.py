@@ -6,6 +6,8 @@ import socket
 import subprocess
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+# Every test process compiles at XLA's backend optimization level 0 (conftest.py says why).
+XLA_OPT = "--xla_backend_optimization_level=0"
 
 
 def free_port() -> int:
@@ -19,7 +21,7 @@ def cpu_env(devices: int) -> dict:
     """Environment of a child with ``devices`` simulated CPU devices."""
     env = dict(
         os.environ,
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} {XLA_OPT}",
         JAX_PLATFORMS="cpu",
     )
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from processes import XLA_OPT
 
 from dopd_jax.pipeline import config as config_lib
 from dopd_jax.pipeline import config_checks as validation
@@ -49,7 +50,7 @@ DOPD_KEYS = {
 
 
 def _run(workdir, *overrides, timeout=600, env=None):
-    env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu", **(env or {})}
+    env = {**os.environ, "XLA_FLAGS": XLA_OPT, "JAX_PLATFORMS": "cpu", **(env or {})}
     cmd = [
         sys.executable,
         "-m",
@@ -199,7 +200,7 @@ def test_vocab_mismatch_is_named():
 
 def test_same_experiment_on_a_2x2x2_mesh_matches_one_device(smoke_run, tmp_path):
     workdir, _ = smoke_run
-    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    env = {"XLA_FLAGS": f"--xla_force_host_platform_device_count=8 {XLA_OPT}"}
     proc = _run(
         tmp_path,
         "--config.distill.methods=('dopd',)",

@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import pytest
+from processes import XLA_OPT
 
 from dopd_jax.trainer.metric_writer import read_metrics
 
@@ -35,7 +36,7 @@ def get_config(arg=None):
 
 
 def _run(workdir, config, *overrides, timeout=900, devices=1):
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices} {XLA_OPT}"}
     env["JAX_PLATFORMS"] = "cpu"
     cmd = [sys.executable, "-m", "dopd_jax.run", "--config", config, "--workdir", str(workdir)]
     proc = subprocess.run(

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from processes import XLA_OPT
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -15,7 +16,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 def _run(name: str, tmp_path) -> str:
     env = dict(
         os.environ,
-        XLA_FLAGS="",
+        XLA_FLAGS=XLA_OPT,
         JAX_PLATFORMS="cpu",
         DOPD_WORKDIR=str(tmp_path / "no_such_workdir"),
         DOPD_SWEEP=str(tmp_path / "no_such_sweep"),

@@ -13,6 +13,7 @@ import sys
 import hf_fixtures as hx
 import numpy as np
 import pytest
+from processes import XLA_OPT
 
 from dopd_jax.models import load_hf
 from dopd_jax.pipeline import config as config_lib
@@ -51,7 +52,7 @@ def files(tmp_path_factory):
 @pytest.fixture(scope="module")
 def smoke(files, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("qwen3_run")
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": XLA_OPT}
     cmd = [sys.executable, "-m", "dopd_jax.run", "--config", f"{MODULE}:{_arg(files)}"]
     proc = subprocess.run(
         cmd + ["--workdir", str(workdir)],

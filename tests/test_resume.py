@@ -22,6 +22,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 import pytest
+from processes import XLA_OPT
 
 from dopd_jax import steps as steps_lib
 from dopd_jax.trainer import checkpoints as train_checkpoint
@@ -245,7 +246,7 @@ def e2e(tmp_path_factory):
     (root / "resume_cfg.py").write_text(CONFIG)
     env = dict(
         os.environ,
-        XLA_FLAGS="",
+        XLA_FLAGS=XLA_OPT,
         JAX_PLATFORMS="cpu",
         JAX_COMPILATION_CACHE_DIR=str(root / "jax_cache"),
         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",

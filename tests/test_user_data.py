@@ -12,6 +12,7 @@ import sys
 import time
 
 import pytest
+from processes import XLA_OPT
 
 from dopd_jax.data import prepare
 from dopd_jax.data.generated import tasks
@@ -35,7 +36,7 @@ def _cmd(config, workdir, *overrides):
 
 
 def _env(extra_path=None):
-    env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, "XLA_FLAGS": XLA_OPT, "JAX_PLATFORMS": "cpu"}
     if extra_path:
         env["PYTHONPATH"] = os.pathsep.join([str(extra_path), env.get("PYTHONPATH", "")])
     return env
