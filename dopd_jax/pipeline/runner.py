@@ -92,12 +92,12 @@ def _run_stages(spec: ExperimentSpec, workdir: str, writer, progress, log) -> di
     times = StageTimes(workdir)
     with times.stage("context"):  # task data and tokenizer
         ctx = build_context(spec, workdir, log)
-    models = {}
+    built = {}
     for role in ("teacher", "student"):
         m = getattr(spec, role)
         with times.stage(f"sft/{m.name}", ran=will_train(ctx, m)):
-            models[role] = model_stage(ctx, m, writer, progress)
-    teacher, student = models["teacher"], models["student"]
+            built[role] = model_stage(ctx, m, writer, progress)
+    teacher, student = built["teacher"], built["student"]
     refs = _references(ctx, teacher, student, workdir, times)
     runs, finished, kept = {}, {}, spec.run_refs()
     for run in spec.runs:

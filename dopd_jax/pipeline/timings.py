@@ -3,7 +3,9 @@
 A stage's seconds are recorded by the process that did its work and saved in
 ``WORKDIR/timings.json``; a later process that restores the stage (a finished
 SFT, a finished run) keeps the recorded time instead of its own load time.
-``results.json`` carries them under ``wall_times_s``.
+``results.json`` carries them under ``wall_times_s``. ``context`` (task data and
+tokenizer) is measured on every start; a run resumed mid-way records the time of
+its last part only.
 """
 
 from __future__ import annotations
