@@ -108,7 +108,7 @@ def test_smoke_writes_results_and_metrics(smoke_run):
     fracs = sum(dopd[f"frac_{r}"] for r in ("LH", "LL", "HT", "HS"))
     assert abs(fracs - 1.0) < 1e-5
     assert (workdir / "tb").is_dir() and any((workdir / "tb").iterdir())
-    stages = {"context", "sft/teacher", "sft/student", "eval/references"}
+    stages = {"context", "sft/teacher", "sft/student_init", "eval/references"}
     stages |= {f"distill/{m}/{part}" for m in RUNS for part in ("train", "eval")}
     assert set(results["wall_times_s"]) == stages
     assert all(t > 0 for t in results["wall_times_s"].values())
