@@ -177,7 +177,7 @@ def test_prefill_last_only_projects_just_the_last_position():
     last, cache_last = model.decode(tokens, positions, init_cache(BASE, 3, 7), mask, last_only=True)
     assert last.shape == (3, 1, BASE.vocab_size)
     np.testing.assert_allclose(last[:, 0], full[:, -1], atol=1e-6, rtol=1e-6)
-    np.testing.assert_array_equal(cache_last.k_BSGE[0], cache_full.k_BSGE[0])
+    np.testing.assert_array_equal(cache_last.k_BGSE[0], cache_full.k_BGSE[0])
 
 
 def test_split_merge_roundtrip_under_jit():

@@ -84,8 +84,6 @@ def attend(
     """
     b, t, h, e = q_BTHE.shape
     g = k_BSGE.shape[2]
-    if t == 1:  # a decode step
-        return _attend_one(q_BTHE, k_BSGE, v_BSGE, q_slots_T, kv_mask_BS)
     q_BTGRE = q_BTHE.reshape(b, t, g, h // g, e)
     scores_BGRTS = (
         jnp.einsum("btgre,bsge->bgrts", q_BTGRE, k_BSGE, preferred_element_type=jnp.float32)
@@ -99,22 +97,22 @@ def attend(
     return out_BTGRE.reshape(b, t, h, e)
 
 
-def _attend_one(q_B1HE, k_BSGE, v_BSGE, q_slots_1, kv_mask_BS) -> jax.Array:
-    """``attend`` for one query per row, as broadcast multiply-and-sum.
+def _attend_one(q_B1HE, k_BGSE, v_BGSE, q_slots_1, kv_mask_BS) -> jax.Array:
+    """One query per row against a ``[B, G, S, E]`` cache, as broadcast multiply-and-sum.
 
     A [B, 1] x [B, S] batched dot per head group is a poor fit for the CPU's
-    matmul kernels; written elementwise, XLA fuses the score, the mask and the
-    weighted sum into passes that read the cache once each (benchmarks/README.md).
+    matmul kernels; written elementwise over a cache whose slots are contiguous
+    per head group, XLA fuses the score, the mask and the weighted sum into
+    passes that read the cache once each (benchmarks/README.md).
     """
     b, _, h, e = q_B1HE.shape
-    g = k_BSGE.shape[2]
-    q_B1GRE = q_B1HE.reshape(b, 1, g, h // g, e).astype(jnp.float32)
-    k_BSG1E = k_BSGE.astype(jnp.float32)[:, :, :, None, :]
-    scores_BSGR = jnp.sum(q_B1GRE * k_BSG1E, axis=-1) * e**-0.5
-    allowed_BS = (jnp.arange(k_BSGE.shape[1]) <= q_slots_1[0])[None] & kv_mask_BS
-    scores_BSGR = jnp.where(allowed_BS[:, :, None, None], scores_BSGR, _MASKED_SCORE)
-    probs_BSGR = jax.nn.softmax(scores_BSGR, axis=1).astype(v_BSGE.dtype)
-    out_BGRE = jnp.sum(probs_BSGR[..., None] * v_BSGE[:, :, :, None, :], axis=1)
+    g = k_BGSE.shape[1]
+    q_BGR1E = q_B1HE.reshape(b, g, h // g, 1, e).astype(jnp.float32)
+    scores_BGRS = jnp.sum(q_BGR1E * k_BGSE.astype(jnp.float32)[:, :, None], axis=-1) * e**-0.5
+    allowed_BS = (jnp.arange(k_BGSE.shape[2]) <= q_slots_1[0])[None] & kv_mask_BS
+    scores_BGRS = jnp.where(allowed_BS[:, None, None], scores_BGRS, _MASKED_SCORE)
+    probs_BGRS = jax.nn.softmax(scores_BGRS, axis=-1).astype(v_BGSE.dtype)
+    out_BGRE = jnp.sum(probs_BGRS[..., None] * v_BGSE[:, :, None], axis=3)
     return out_BGRE.reshape(b, 1, h, e).astype(q_B1HE.dtype)
 
 
@@ -144,10 +142,11 @@ class Attention(nnx.Module):
             self.k_norm = RMSNorm(cfg.head_dim, **norm_kw)
 
     def __call__(self, x_BTD, positions_BT, kv_mask_BS, cache_kv=None, index=None):
-        """Attends from T new tokens; returns (out_BTD, (k_BSGE, v_BSGE)).
+        """Attends from T new tokens; returns (out_BTD, keys, values).
 
-        Without ``cache_kv`` the keys are the T tokens themselves (S = T). With
-        ``cache_kv = (k_BSGE, v_BSGE)`` the new keys/values are written at slot
+        Without ``cache_kv`` the keys are the T tokens themselves (S = T) and
+        come back as ``(k_BTGE, v_BTGE)``. With ``cache_kv = (k_BGSE, v_BGSE)``
+        the new keys/values are written at slot
         ``index`` first and the updated cache arrays are returned.
         """
         cfg = self.cfg
@@ -160,20 +159,28 @@ class Attention(nnx.Module):
         q_BTHE = apply_rope(q_BTHE, positions_BT, cfg.rope_theta)
         k_BTGE = apply_rope(k_BTGE, positions_BT, cfg.rope_theta)
         if cache_kv is None:
-            k_BSGE, v_BSGE, q_slots_T = k_BTGE, v_BTGE, jnp.arange(t)
-        else:
-            start = (0, index, 0, 0)
-            k_BSGE = jax.lax.dynamic_update_slice(
-                cache_kv[0], k_BTGE.astype(cache_kv[0].dtype), start
+            out_BTHE = attend(q_BTHE, k_BTGE, v_BTGE, jnp.arange(t), kv_mask_BS)
+            return self.o_proj(out_BTHE.reshape(b, t, -1)), (k_BTGE, v_BTGE)
+        # The cache is [B, G, S, E]: each head group's slots are contiguous, so a
+        # decode step's attention streams them (benchmarks/README.md).
+        k_BGSE, v_BGSE = (
+            jax.lax.dynamic_update_slice(
+                c_BGSE, new_BTGE.transpose(0, 2, 1, 3).astype(c_BGSE.dtype), (0, 0, index, 0)
             )
-            v_BSGE = jax.lax.dynamic_update_slice(
-                cache_kv[1], v_BTGE.astype(cache_kv[1].dtype), start
-            )
-            q_slots_T = index + jnp.arange(t)
-        out_BTHE = attend(
-            q_BTHE, k_BSGE.astype(q_BTHE.dtype), v_BSGE.astype(q_BTHE.dtype), q_slots_T, kv_mask_BS
+            for c_BGSE, new_BTGE in zip(cache_kv, (k_BTGE, v_BTGE))
         )
-        return self.o_proj(out_BTHE.reshape(b, t, -1)), (k_BSGE, v_BSGE)
+        q_slots_T = index + jnp.arange(t)
+        if t == 1:
+            out_BTHE = _attend_one(q_BTHE, k_BGSE, v_BGSE, q_slots_T, kv_mask_BS)
+        else:
+            out_BTHE = attend(
+                q_BTHE,
+                k_BGSE.transpose(0, 2, 1, 3).astype(q_BTHE.dtype),
+                v_BGSE.transpose(0, 2, 1, 3).astype(q_BTHE.dtype),
+                q_slots_T,
+                kv_mask_BS,
+            )
+        return self.o_proj(out_BTHE.reshape(b, t, -1)), (k_BGSE, v_BGSE)
 
 
 class MLP(nnx.Module):
@@ -199,7 +206,7 @@ class Block(nnx.Module):
         self.mlp = MLP(cfg, rngs=rngs)
 
     def __call__(self, x_BTD, positions_BT, kv_mask_BS, cache_kv=None, index=None):
-        """Returns (x_BTD, (k_BSGE, v_BSGE)); see ``Attention.__call__``."""
+        """Returns (x_BTD, (keys, values)); see ``Attention.__call__``."""
         attn_BTD, kv = self.attn(self.input_norm(x_BTD), positions_BT, kv_mask_BS, cache_kv, index)
         x_BTD = x_BTD + attn_BTD
         return x_BTD + self.mlp(self.post_attn_norm(x_BTD)), kv

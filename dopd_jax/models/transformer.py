@@ -109,8 +109,10 @@ class KVCache:
     ``mask_BS`` False, so they are never attended to.
     """
 
-    k_BSGE: tuple[jax.Array, ...]  # per layer, compute dtype, rotated keys
-    v_BSGE: tuple[jax.Array, ...]  # per layer, compute dtype, values
+    # [B, G, S, E]: a head group's slots are contiguous, which a decode step's
+    # one-query attention streams through (benchmarks/README.md).
+    k_BGSE: tuple[jax.Array, ...]  # per layer, compute dtype, rotated keys
+    v_BGSE: tuple[jax.Array, ...]  # per layer, compute dtype, values
     mask_BS: jax.Array  # bool, True on written non-pad slots
     index: jax.Array  # int32 scalar, next slot to write
 
@@ -128,11 +130,11 @@ def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=None) -> KVCach
       KVCache with zero keys/values, all-False mask and index 0.
     """
     dtype = cfg.compute_dtype if dtype is None else dtype
-    shape = (batch, max_len, cfg.n_kv_heads, cfg.head_dim)
+    shape = (batch, cfg.n_kv_heads, max_len, cfg.head_dim)
     zeros = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.n_layers))
     return KVCache(
-        k_BSGE=zeros,
-        v_BSGE=zeros,
+        k_BGSE=zeros,
+        v_BGSE=zeros,
         mask_BS=jnp.zeros((batch, max_len), bool),
         index=jnp.zeros((), jnp.int32),
     )
@@ -229,16 +231,16 @@ class Transformer(nnx.Module):
         mask_BS = jax.lax.dynamic_update_slice(cache.mask_BS, mask_BT.astype(bool), (0, index))
         x_BTD = self.embed(tokens_BT)
         new_k, new_v = [], []
-        for block, k_BSGE, v_BSGE in zip(self.layers, cache.k_BSGE, cache.v_BSGE):
-            x_BTD, (k_BSGE, v_BSGE) = block(x_BTD, positions_BT, mask_BS, (k_BSGE, v_BSGE), index)
-            new_k.append(k_BSGE)
-            new_v.append(v_BSGE)
+        for block, k_BGSE, v_BGSE in zip(self.layers, cache.k_BGSE, cache.v_BGSE):
+            x_BTD, (k_BGSE, v_BGSE) = block(x_BTD, positions_BT, mask_BS, (k_BGSE, v_BGSE), index)
+            new_k.append(k_BGSE)
+            new_v.append(v_BGSE)
         if last_only:
             x_BTD = x_BTD[:, -1:]
         logits_BTV = self.logits(self.final_norm(x_BTD))
         new_cache = KVCache(
-            k_BSGE=tuple(new_k),
-            v_BSGE=tuple(new_v),
+            k_BGSE=tuple(new_k),
+            v_BGSE=tuple(new_v),
             mask_BS=mask_BS,
             index=index + tokens_BT.shape[1],
         )
