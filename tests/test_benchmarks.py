@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import pytest
 from flax import nnx
 
-from benchmarks import compare_jax, compare_shapes, timing
+from benchmarks import compare_jax, compare_shapes, profile_ops, timing
 from dopd_jax.models import Transformer
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -79,3 +79,32 @@ def test_compare_names_an_unknown_shape(tmp_path):
     proc = subprocess.run(cmd + ["--shapes", "huge"], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 2 and "unknown shape 'huge'" in proc.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_profile_ops_names_the_backward_weight_matmul():
+    def loss(w, x):
+        return jnp.sum(jnp.tanh(x @ w))
+
+    w, x = jnp.ones((8, 4)), jnp.ones((16, 8))
+    hlo = jax.jit(jax.grad(loss)).lower(w, x).compile().as_text()
+    ops = profile_ops.hlo_ops(hlo)
+    kinds = {profile_ops.category(opcode, op_name) for _, opcode, op_name in ops.values()}
+    assert "weight matmuls backward" in kinds
+    assert profile_ops.category("fusion", "jit(sample)/while/body/sample_tokens/reduce") == (
+        "sampling"
+    )
+    assert profile_ops.category("fusion", "jit(f)/btd,vd->btv/dot_general") == "logits"
+
+
+def test_profile_ops_attributes_a_tiny_decode_step(tmp_path):
+    out = tmp_path / "profile.json"
+    cmd = [sys.executable, "-m", "benchmarks.profile_ops", "--shape", "tiny", "--json", str(out)]
+    proc = subprocess.run(
+        cmd + ["--new-tokens", "5"], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    shares = {name: c["share"] for name, c in result["categories"].items()}
+    assert abs(sum(shares.values()) - 1) < 1e-6
+    assert {"weight matmuls", "logits", "sampling"} <= set(shares)
+    assert 0 < result["attributed_s"] <= result["wall_s_under_profiler"]
