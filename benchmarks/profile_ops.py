@@ -56,7 +56,7 @@ def category(opcode: str, op_name: str) -> str:
     if "btd,vd->btv" in op_name or "btd,dv->btv" in op_name:
         return "logits" + side
     if opcode == "dot" or "dot_general" in op_name:
-        return "weight matmuls" + side
+        return "matmuls" + side
     if "dynamic_update_slice" in op_name:
         return "cache writes"
     if any(k in op_name for k in ("reduce_sum", "reduce_max", "softmax", "exp", "div")):
