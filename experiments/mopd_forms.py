@@ -13,34 +13,49 @@ and distils the student from the same init with MOPD in both loss forms:
   mopd_pg_orm   pg plus the outcome advantage (alpha = 1) and the truncated
                 importance weight (is_clip = (0.8, 1.2))
 
-The table's normalized block is (s_d - s_SFT) / (s_teacher_d - s_SFT).
-Multi-round MOPD (Table 5: new teachers trained from the round-1 student,
-then a second distillation) needs a per-run teacher mapping, which the
-runner does not have yet (``distill.teachers`` is one mapping per experiment).
+The table's normalized block is (s_d - s_SFT) / (s_teacher_d - s_SFT), against
+the round-1 teachers.
+
+``rounds=2`` adds multi-round MOPD (Table 5): a second set of domain
+teachers trained the same way but from the round-1 MOPD student
+(``<origin>2_<domain>``, init ``run:mopd_pg``), then ``mopd_pg_r2``: MOPD pg
+again from the round-1 student, scored by the round-2 teachers (the
+variant's own ``teachers`` mapping).
 
   python -m dopd_jax.sweep --config experiments/mopd_forms.py --workdir runs/mopd_forms
   python -m dopd_jax.run --config experiments/mopd_forms.py:teacher=sft,smoke --workdir /tmp/mf
+  python -m dopd_jax.run --config experiments/mopd_forms.py:rounds=2,smoke --workdir /tmp/mr
 """
 
 from dopd_jax.pipeline import config as config_lib
 
 DOMAINS = ("arith", "sort", "linear")
-VARIANTS = ("teacher=rl", "teacher=sft")
+VARIANTS = ("teacher=rl", "teacher=sft", "teacher=rl,rounds=2")
 
 
-def _teacher_runs(origin: str, domains, steps: int) -> dict:
+def _teacher_runs(origin: str, domains, steps: int, prefix: str = "", init: str = "") -> dict:
+    """One teacher run per domain, named ``<origin><prefix>_<domain>``, from ``init``."""
     if origin == "rl":
-        return {f"rl_{d}": dict(method="grpo", domains=(d,), steps=steps) for d in domains}
+        return {
+            f"rl{prefix}_{d}": dict(method="grpo", domains=(d,), steps=steps, init=init)
+            for d in domains
+        }
     return {
-        f"sft_{d}": dict(
-            method="gkd", lmbda=0.0, kind="fkl", granularity="sampled", domains=(d,), steps=steps
+        f"sft{prefix}_{d}": dict(
+            method="gkd",
+            lmbda=0.0,
+            kind="fkl",
+            granularity="sampled",
+            domains=(d,),
+            steps=steps,
+            init=init,
         )
         for d in domains
     }
 
 
 def get_config(arg=None):
-    args, smoke = config_lib.parse_arg(arg, teacher=("rl", "sft"))
+    args, smoke = config_lib.parse_arg(arg, teacher=("rl", "sft"), rounds=("1", "2"))
     origin = args.get("teacher", "rl")
     c = config_lib.base_config()
     if smoke:
@@ -59,11 +74,21 @@ def get_config(arg=None):
     runs["mopd_pg_orm"] = dict(
         method="mopd", alpha=1.0, is_clip=(0.8, 1.2), label="MOPD pg + ORM + IS", steps=steps
     )
+    if smoke:
+        del runs["mopd_pg_orm"]
+    if args.get("rounds") == "2":
+        second = _teacher_runs(origin, domains, teacher_steps, prefix="2", init="run:mopd_pg")
+        runs.update(second)
+        runs["mopd_pg_r2"] = dict(
+            method="mopd",
+            label="MOPD pg, round 2",
+            steps=steps,
+            init="run:mopd_pg",
+            teachers={d: f"run:{name}" for d, name in zip(domains, second)},
+        )
     config_lib.add_variants(c, **runs)
     c.distill.methods = tuple(runs)
     c.distill.teachers = {d: f"run:{origin}_{d}" for d in domains}
     c.distill.log_passes = ()
     c.distill.eval_every = 0
-    if smoke:
-        c.distill.methods = tuple(n for n in runs if n != "mopd_pg_orm")
     return c

@@ -81,6 +81,22 @@ def test_mopd_pipeline_runs_every_baseline_and_prints_normalized_scores(mopd_run
     assert read_metrics(str(workdir), "distill/offpolicy_ft")[-1]["on_policy_frac"] == 0.0
 
 
+def test_multi_round_mopd_runs_from_the_round_one_student(mopd_run, tmp_path):
+    models = mopd_run[0]  # same task, tokenizer and model shapes: reuse its SFT stages
+    sources = (
+        f"--config.teacher.source=workdir:{models}",
+        f"--config.student.source=workdir:{models}",
+    )
+    _run(tmp_path, "experiments/mopd_forms.py:rounds=2,smoke", *sources)
+    runs = json.loads((tmp_path / "results.json").read_text())["methods"]
+    assert {"rl_arith", "rl_sort", "mopd_pg", "rl2_arith", "rl2_sort", "mopd_pg_r2"} <= set(runs)
+    assert runs["mopd_pg_r2"].get("label") == "MOPD pg, round 2"
+    for kept in ("mopd_pg", "rl2_arith", "rl2_sort"):  # read by later runs
+        assert (tmp_path / "runs" / kept / "params").exists(), kept
+    second = read_metrics(str(tmp_path), "distill/mopd_pg_r2")
+    assert "kl_to_teacher/arith" in second[-1] and "kl_to_teacher/sort" in second[-1]
+
+
 def test_mopd_and_gkd_resume_exactly_from_a_mid_run_checkpoint(mopd_run, tmp_path):
     workdir, _, overrides = mopd_run
     copy = tmp_path / "copy"

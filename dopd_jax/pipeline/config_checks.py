@@ -94,14 +94,21 @@ def _validate_run_graph(spec: ExperimentSpec) -> None:
                 f"run {r.name!r}: must be '' (the student init) or 'run:NAME' of an earlier "
                 f"run in distill.methods {names[:i]}, got {r.init!r}",
             )
+        for domain, source in r.teachers:
+            _check(
+                source == "teacher" or (source.startswith("run:") and source[4:] in names[:i]),
+                f"distill.variants.{r.name}.teachers.{domain}",
+                f"must be 'teacher' or 'run:NAME' of an earlier run in distill.methods "
+                f"{names[:i]}, got {source!r}",
+            )
         if r.method.reads_domain_teachers(r.config):
             _check(
-                bool(spec.domain_teachers),
+                bool(r.teachers or spec.domain_teachers),
                 "distill.teachers",
                 f"run {r.name!r} ({r.method.name}) reads one teacher per domain: set "
                 "distill.teachers = {domain: 'teacher' | 'run:NAME'}",
             )
-            late = sorted(t for t in teacher_runs if t not in names[:i])
+            late = [] if r.teachers else sorted(t for t in teacher_runs if t not in names[:i])
             _check(
                 not late,
                 "distill.methods",
@@ -113,13 +120,17 @@ def check_domains(spec: ExperimentSpec, task_domains) -> None:
     """Every domain of the task has a teacher and every teacher has prompts; runs
     train on domains the task has."""
     known = list(task_domains)
-    if spec.domain_teachers:
-        given = [d for d, _ in spec.domain_teachers]
+    mappings = [("distill.teachers", spec.domain_teachers)]
+    mappings += [(f"distill.variants.{r.name}.teachers", r.teachers) for r in spec.runs]
+    for key, pairs in mappings:
+        if not pairs:
+            continue
+        given = [d for d, _ in pairs]
         missing = sorted(set(known) - set(given))
         extra = sorted(set(given) - set(known))
         _check(
             not missing and not extra,
-            "distill.teachers",
+            key,
             f"the task's domains are {known}; domains without a teacher: {missing}, "
             f"teachers without prompts: {extra}",
         )

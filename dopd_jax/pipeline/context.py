@@ -124,7 +124,7 @@ def build_context(spec: ExperimentSpec, workdir: str, log) -> Context:
     """Prepares the task and tokenizer and checks the data before anything compiles."""
     _prepare_task(spec, workdir)
     task = sources.build_task(spec.task, spec.task_seed, workdir)
-    if spec.domain_teachers or any(r.domains for r in spec.runs):
+    if spec.domain_teachers or any(r.domains or r.teachers for r in spec.runs):
         from dopd_jax.pipeline import config_checks
 
         config_checks.check_domains(spec, task.domains)

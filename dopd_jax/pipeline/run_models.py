@@ -3,9 +3,10 @@
 A run starts from the student init, or from an earlier run's final student
 (``distill.init = "run:NAME"``: Cascade RL). Methods that read one teacher
 per domain (MOPD, Param-Merge, GKD with ``teacher_role="teacher/@domain"``)
-get the roles ``teacher/<domain>`` from ``distill.teachers``: the
-experiment's teacher, or an earlier run's final student (MOPD's RL
-teachers: GRPO runs on one domain each from the shared SFT checkpoint).
+get the roles ``teacher/<domain>`` from ``distill.teachers`` (or from their
+variant's own ``teachers``: multi-round MOPD): the experiment's teacher, or an
+earlier run's final student (MOPD's RL teachers: GRPO runs on one domain each
+from the shared SFT checkpoint).
 The final students that later runs read are kept under
 ``WORKDIR/runs/<name>/params``.
 """
@@ -66,6 +67,7 @@ def resolve(ctx: Context, run, teacher: Model, student: Model, finished: dict) -
         return teacher if s == "teacher" else finished[s[len("run:") :]]
 
     start = source(run.init) if run.init else student
-    pairs = ctx.spec.domain_teachers if run.method.reads_domain_teachers(run.config) else ()
+    reads = run.method.reads_domain_teachers(run.config)
+    pairs = (run.teachers or ctx.spec.domain_teachers) if reads else ()
     domain_teachers = {d: source(s) for d, s in pairs}
     return RunModels(teacher, start, domain_teachers)

@@ -113,6 +113,9 @@ class RunSpec:
     domains: tuple[str, ...] = ()  # train on these domains of the task only (() = all)
     init: str = ""  # "" = the student init; "run:NAME" = the final student of run NAME
     early_stop: tuple[tuple[str, Any], ...] = ()  # trainer.early_stop.EarlyStop fields
+    # This run's domain teachers ((domain, "teacher" | "run:NAME"), ...) where a variant
+    # sets ``teachers`` (multi-round MOPD); () = the experiment's ``distill.teachers``.
+    teachers: tuple[tuple[str, str], ...] = ()
 
     def identity(self) -> dict:
         """``to_json`` without the knobs that change memory, not results: a run may be
@@ -135,6 +138,7 @@ MEMORY_KNOBS = ("num_microbatches", "remat", "memory_budget_gb", "chunk_size")
 _NEW_DEFAULTS = {
     "domains": [],
     "init": "",
+    "teachers": [],
     "early_stop": [
         ["a_bar_rise", 0],
         ["hs_frac", 0.0],
@@ -179,6 +183,7 @@ class ExperimentSpec:
     def run_refs(self) -> set[str]:
         """Runs whose final student a later run reads (as a domain teacher or an init)."""
         sources = [s for _, s in self.domain_teachers] + [r.init for r in self.runs]
+        sources += [s for r in self.runs for _, s in r.teachers]
         return {s[len("run:") :] for s in sources if s.startswith("run:")}
 
     def stage_json(self) -> dict:
@@ -338,7 +343,21 @@ def run_spec(c, name: str) -> RunSpec:
         domains=tuple(d.get("domains", ())),
         init=d.get("init", ""),
         early_stop=tuple(sorted((d.get("early_stop") or {}).items())),
+        teachers=_own_teachers(c, d),
     )
+
+
+def _own_teachers(c, d) -> tuple[tuple[str, str], ...]:
+    """A run's domain-teacher mapping where its variant overrides ``distill.teachers``."""
+    own, shared = _teacher_pairs(d), _teacher_pairs(c.distill)
+    return own if own != shared else ()
+
+
+def _teacher_pairs(d) -> tuple[tuple[str, str], ...]:
+    teachers = d.get("teachers") or {}
+    if hasattr(teachers, "to_dict"):
+        teachers = teachers.to_dict()
+    return tuple(sorted(teachers.items()))
 
 
 def experiment_spec(c: ml_collections.ConfigDict) -> ExperimentSpec:
@@ -362,5 +381,5 @@ def experiment_spec(c: ml_collections.ConfigDict) -> ExperimentSpec:
             avg_k=c.eval.avg_k,
             temperature=c.eval.temperature,
         ),
-        domain_teachers=tuple(sorted((c.distill.get("teachers") or {}).items())),
+        domain_teachers=_teacher_pairs(c.distill),
     )
