@@ -142,7 +142,7 @@ class Attention(nnx.Module):
             self.k_norm = RMSNorm(cfg.head_dim, **norm_kw)
 
     def __call__(self, x_BTD, positions_BT, kv_mask_BS, cache_kv=None, index=None):
-        """Attends from T new tokens; returns (out_BTD, keys, values).
+        """Attends from T new tokens; returns (out_BTD, (keys, values)).
 
         Without ``cache_kv`` the keys are the T tokens themselves (S = T) and
         come back as ``(k_BTGE, v_BTGE)``. With ``cache_kv = (k_BGSE, v_BGSE)``
