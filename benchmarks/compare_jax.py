@@ -108,6 +108,15 @@ def _spec(s, method_name):
     return steps.DistillSpec(method, cfg, _sampler(s, s.new_tokens), log_passes=())
 
 
+def distill_batch(s: compare_shapes.Shape) -> steps.DistillBatch:
+    """The step's prompt batch: x, and x + p for the privileged passes (no padding)."""
+    x, p = prompts(s)
+    xp = np.concatenate([x, p], 1)
+    return steps.DistillBatch(
+        jnp.asarray(x), jnp.ones(x.shape, bool), jnp.asarray(xp), jnp.ones(xp.shape, bool)
+    )
+
+
 def bench_step(s: compare_shapes.Shape, models: dict, method_name: str, lr=1e-5) -> dict:
     """One on-policy step (rollout, score, update), by phase and chained."""
     spec = _spec(s, method_name)
@@ -117,11 +126,7 @@ def bench_step(s: compare_shapes.Shape, models: dict, method_name: str, lr=1e-5)
     fns = steps.make_distill_fns(graphdefs, opt, spec)
     params = jax.tree.map(jnp.copy, models["student"][1])
     state = [steps.init_state(params, opt, keep_ref=spec.ref_update != "none")]
-    x, p = prompts(s)
-    xp = np.concatenate([x, p], 1)
-    batch = steps.DistillBatch(
-        jnp.asarray(x), jnp.ones(x.shape, bool), jnp.asarray(xp), jnp.ones(xp.shape, bool)
-    )
+    batch = distill_batch(s)
     key = jax.random.key(0)
     ro = block(fns.rollout(state[0], teachers, batch, key))
     targets = block(fns.score(state[0], teachers, batch, ro))

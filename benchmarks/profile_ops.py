@@ -121,7 +121,7 @@ def _decode(shape, new_tokens: int):
 
     graphdef, params = compare_jax.build(shape)["student"]
     x, _ = compare_jax.prompts(shape)
-    cfg = rollout_lib.SamplerConfig(max_new_tokens=new_tokens, eos_id=shape.vocab, pad_id=0)
+    cfg = compare_jax._sampler(shape, new_tokens)
     fn = jax.jit(functools.partial(rollout_lib.sample, graphdef, cfg=cfg))
     args = (params, jnp.asarray(x), jnp.ones(x.shape, bool), jax.random.key(0))
     return fn, args, new_tokens - 1
@@ -132,7 +132,6 @@ def _update(shape):
 
     import jax
     import jax.numpy as jnp
-    import numpy as np
     import optax
 
     from benchmarks import compare_jax
@@ -141,17 +140,13 @@ def _update(shape):
     models = compare_jax.build(shape)
     spec = compare_jax._spec(shape, "opd")
     opt = optax.adamw(1e-5)
-    fns = steps.make_distill_fns({role: gd for role, (gd, _) in models.items()}, opt, spec)
+    graphdefs = {role: gd for role, (gd, _) in models.items()}
+    fns = steps.make_distill_fns(graphdefs, opt, spec)
     state = steps.init_state(jax.tree.map(jnp.copy, models["student"][1]), opt, keep_ref=False)
     teachers = {"teacher": models["teacher"][1]}
-    x, p = compare_jax.prompts(shape)
-    xp = np.concatenate([x, p], 1)
-    batch = steps.DistillBatch(
-        jnp.asarray(x), jnp.ones(x.shape, bool), jnp.asarray(xp), jnp.ones(xp.shape, bool)
-    )
+    batch = compare_jax.distill_batch(shape)
     ro = fns.rollout(state, teachers, batch, jax.random.key(0))
     targets = fns.score(state, teachers, batch, ro)
-    graphdefs = {role: gd for role, (gd, _) in models.items()}
     # Not donated (unlike make_distill_fns' update), so it can run twice on one state.
     update = jax.jit(functools.partial(steps.update_step, graphdefs, opt, spec))
     return update, (state, ro, targets), 1
