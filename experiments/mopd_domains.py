@@ -25,8 +25,6 @@ Smoke (two domains, a few steps each; used by the tests):
 
 from dopd_jax.pipeline import config as config_lib
 
-DOMAINS = ("arith", "sort", "linear")
-
 
 def _runs(domains, rl_steps: int, steps: int) -> tuple[tuple, dict]:
     variants = {f"grpo_{d}": dict(method="grpo", domains=(d,), steps=rl_steps) for d in domains}
@@ -71,18 +69,10 @@ def get_config(arg=None):
         raise ValueError(f"unknown argument {arg!r}; valid: smoke")
     if smoke:
         config_lib.shrink_to_smoke(c)
-    domains = DOMAINS[:2] if smoke else DOMAINS
-    c.task.domain = ",".join(domains)
-    c.task.priv_form = "none"
-    c.task.max_prompt_len = 24
-    c.task.max_priv_len = 24
-    c.teacher.model = c.student.model  # reference row only (see the module docstring)
-    c.teacher.steps = 10 if smoke else 100
+    domains = config_lib.mopd_setting(c, smoke)
     rl_steps, steps = (2, 2) if smoke else (200, 300)
     methods, variants = _runs(domains, rl_steps, steps)
     c.distill.methods = methods
     c.distill.variants = variants
     c.distill.teachers = {d: f"run:grpo_{d}" for d in domains}
-    c.distill.log_passes = ()
-    c.distill.eval_every = 0
     return c

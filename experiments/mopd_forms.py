@@ -29,7 +29,6 @@ variant's own ``teachers`` mapping).
 
 from dopd_jax.pipeline import config as config_lib
 
-DOMAINS = ("arith", "sort", "linear")
 VARIANTS = ("teacher=rl", "teacher=sft", "teacher=rl,rounds=2")
 
 
@@ -60,13 +59,7 @@ def get_config(arg=None):
     c = config_lib.base_config()
     if smoke:
         config_lib.shrink_to_smoke(c)
-    domains = DOMAINS[:2] if smoke else DOMAINS
-    c.task.domain = ",".join(domains)
-    c.task.priv_form = "none"
-    c.task.max_prompt_len = 24
-    c.task.max_priv_len = 24
-    c.teacher.model = c.student.model  # reference row only: MOPD reads the domain teachers
-    c.teacher.steps = 10 if smoke else 100
+    domains = config_lib.mopd_setting(c, smoke)
     teacher_steps, steps = (2, 2) if smoke else (200, 300)
     runs = _teacher_runs(origin, domains, teacher_steps)
     runs["mopd_pg"] = dict(method="mopd", label="MOPD pg", steps=steps)
@@ -89,6 +82,4 @@ def get_config(arg=None):
     config_lib.add_variants(c, **runs)
     c.distill.methods = tuple(runs)
     c.distill.teachers = {d: f"run:{origin}_{d}" for d in domains}
-    c.distill.log_passes = ()
-    c.distill.eval_every = 0
     return c
