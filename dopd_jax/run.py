@@ -1,8 +1,9 @@
 """Command line: ``python -m dopd_jax.run --config experiments/NAME.py[:ARG] --workdir DIR``.
 
-Any config field can be overridden with ``--config.FIELD=VALUE``; unknown
-fields are rejected. Progress is shown as it runs; metrics go to
-``DIR/metrics.jsonl`` and TensorBoard files under ``DIR/tb``; the run ends
+Any config field can be overridden with ``--config.FIELD=VALUE``; an unknown
+field is rejected, with an error naming it, before anything runs. Progress is
+shown as it runs; metrics go to ``DIR/metrics.jsonl`` and TensorBoard files
+under ``DIR/tb``; the run ends
 by printing the results table and writing ``DIR/results.json``. Restarting
 with the same workdir resumes from the last finished stage.
 
@@ -77,8 +78,52 @@ def _initialize_distributed(d) -> bool:
     return True
 
 
+def unknown_override(argv: list[str]) -> str | None:
+    """An error naming the first ``--config.FIELD`` override that is no field of the
+    config (ml_collections would raise a bare AttributeError), or None.
+
+    A named variant (``distill.variants.NAME``) holds only the fields its module set:
+    set others in the module (``config.add_variants``)."""
+    from dopd_jax.pipeline import config as config_lib
+
+    path, names = None, []
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            path = arg.split("=", 1)[1]
+        elif arg == "--config" and i + 1 < len(argv):
+            path = argv[i + 1]
+        elif arg.startswith("--config."):
+            names.append(arg[len("--config.") :].split("=", 1)[0])
+    if path is None or not names:
+        return None
+    file, _, module_arg = path.partition(":")
+    try:
+        cfg = config_lib.load_experiment(file, module_arg or None)
+    except Exception:  # noqa: BLE001 - the flag parser reports a bad module itself
+        return None
+    for name in names:
+        node, walked = cfg, "config"
+        for part in name.split("."):
+            fields = node.keys() if hasattr(node, "keys") else []
+            if part not in fields:
+                return (
+                    f"--config.{name}: {walked} has no field {part!r}"
+                    + (f" (fields: {', '.join(sorted(fields))})" if fields else "")
+                    + (
+                        "; a named variant holds only the fields its module set"
+                        if walked.startswith("config.distill.variants.")
+                        else ""
+                    )
+                )
+            node, walked = node[part], f"{walked}.{part}"
+    return None
+
+
 def cli() -> None:
     flags.mark_flags_as_required(["config", "workdir"])
+    error = unknown_override(sys.argv)
+    if error:
+        sys.exit(f"error: {error}")
     app.run(main)
 
 

@@ -170,6 +170,19 @@ def test_variants_get_labels_and_unknown_fields_are_named():
         specs.run_spec(c, "bad")
 
 
+def test_cli_names_an_override_of_a_missing_field():
+    from dopd_jax.run import unknown_override
+
+    module = "experiments/mopd_domains.py:smoke"
+    ok = ["run", "--config", module, "--config.distill.lr=1e-4", "--config.task.domain=arith"]
+    assert unknown_override(ok) is None
+    error = unknown_override(["run", f"--config={module}", "--config.distill.nope=1"])
+    assert error.startswith("--config.distill.nope: config.distill has no field 'nope'")
+    error = unknown_override(["run", "--config", module, "--config.distill.variants.mix_rl.lr=1"])
+    assert "config.distill.variants.mix_rl has no field 'lr'" in error
+    assert "holds only the fields its module set" in error
+
+
 def test_method_import_paths(tmp_path, monkeypatch):
     (tmp_path / "user_methods.py").write_text(
         "from dopd_jax.methods import OPD\nimport dataclasses\n"
