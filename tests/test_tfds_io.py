@@ -12,8 +12,8 @@ import types
 
 import pytest
 
+from dopd_jax.data import grain_iterator, tfds_io
 from dopd_jax.data import prepare as prepare_lib
-from dopd_jax.data import tfds_io
 from dopd_jax.data.example import Example
 
 N_TRAIN = 10
@@ -73,7 +73,7 @@ def splits(data_dir):
 
 
 def _iterator(splits, seed=3, batch_size=BATCH, **kwargs):
-    return tfds_io.TrainIterator(splits["train"], batch_size, seed, **kwargs)
+    return grain_iterator.TrainIterator(splits["train"], batch_size, seed, **kwargs)
 
 
 def _take(iterator, n):

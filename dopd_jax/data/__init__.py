@@ -4,7 +4,8 @@ example    Example: prompt x, privileged forms of p, gold response, answer, doma
 sources    TaskSpec -> TaskData (generated, jsonl, tfds, or an import path)
 generated  the arith / sort / linear families (on demand, infinite)
 jsonl      user data, one JSON object per line
-tfds_io    TFDS (array_record) datasets and the grain training iterator
+tfds_io         TFDS (array_record) datasets: write, load, decode
+grain_iterator  the resumable, multi-process grain training iterator over a split
 prepare    CLI: write a TFDS dataset from any source
 verifiers  exact, marker, last_number, boxed, or an import path
 streams    the resumable stream of generated training batches

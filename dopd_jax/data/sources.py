@@ -220,7 +220,7 @@ def tfds_task(
     spec: TaskSpec, seed: int, workdir: str = "", *, data_dir: str = "", name: str = ""
 ) -> TaskData:
     """A prepared TFDS dataset: split ``train`` streams, every other split evaluates."""
-    from dopd_jax.data import tfds_io  # tfds / grain only for these sources
+    from dopd_jax.data import grain_iterator, tfds_io  # tfds / grain only for these sources
 
     data_dir, name = data_dir or spec.data_dir, name or spec.name
     if not data_dir or not name:
@@ -239,7 +239,7 @@ def tfds_task(
 
     def train(batch_size, stream_seed, keep=None):
         source = splits["train"] if keep is None else Subset(splits["train"], keep)
-        return tfds_io.TrainIterator(source, batch_size=batch_size, seed=stream_seed)
+        return grain_iterator.TrainIterator(source, batch_size=batch_size, seed=stream_seed)
 
     train_split = splits["train"]
     sample = [tfds_io.to_example(train_split[i]) for i in range(min(256, len(train_split)))]
