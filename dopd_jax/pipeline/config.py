@@ -81,25 +81,10 @@ def method_args() -> dict:
     }
 
 
-def base_config() -> ml_collections.ConfigDict:
-    """Defaults of the privilege-illusion experiment family (CPU scale)."""
-    c = ml_collections.ConfigDict()
-    # Seeds (dopd_jax.sweep varies seed and teacher_seed): seed draws the student's
-    # initialisation, its warm-up data order, the distillation prompts and sampling;
-    # teacher_seed the teacher's initialisation and SFT data order; task_seed the generated
-    # problems, test sets and tokenizer corpus (fixed, so seeds share one test set).
-    c.seed = 0
-    c.teacher_seed = 0
-    c.task_seed = 0
-    # Device mesh of every step (sharding.rules: batch over data x fsdp, weights over
-    # fsdp x tensor); -1 = all remaining devices. One CPU device gives a 1x1x1 mesh.
-    c.mesh = dict(data=-1, fsdp=1, tensor=1)
-    # Multi-process runs (one process per host, or several on one machine): with
-    # num_processes > 1, dopd_jax.run calls jax.distributed.initialize with these.
-    c.distributed = dict(coordinator_address="", num_processes=1, process_id=0)
-    c.checkpoint_keep = 2  # training-state checkpoints kept per stage (ckpt/<stage>)
+def _task_defaults() -> dict:
+    """config.task: the generated arithmetic task with executed hints as p."""
     # Task source (data.sources): generated | jsonl | tfds | package.module:NAME.
-    c.task = dict(
+    return dict(
         source="generated",
         priv_form="exec_hints",
         sft_forms=generated.SFT_FORMS,
@@ -120,34 +105,11 @@ def base_config() -> ml_collections.ConfigDict:
         data_dir="",
         name="",
     )
-    # SentencePiece trained on the task's texts; hard_vocab_limit=False: vocab_size is a cap.
-    # With an hf:PATH model the checkpoint's tokenizer.json is used instead (path: its
-    # directory, default the student's); chat_template "checkpoint" renders x and x + p
-    # with the checkpoint's template, p placed per p_position (user_end | user_start |
-    # system), with template_variables in scope (Qwen3's non-thinking mode below).
-    c.tokenizer = dict(
-        vocab_size=64,
-        hard_vocab_limit=True,
-        path="",
-        chat_template="none",
-        p_position="user_end",
-        p_separator="\n\n",
-        template_variables=dict(enable_thinking=False),
-    )
-    # Model sources: "scratch" (build + SFT below), "workdir:PATH" (a previous run's) or
-    # "hf:PATH" (a Hugging Face checkpoint; of model, only param_dtype and dtype apply).
-    c.teacher = _sft_stage(sized("m"), 1200, **_optim(3e-3, 50))
-    # 800 warm-up steps leave the student at ~10% test accuracy (~34% given p):
-    # weak enough to need the teacher, strong enough that p is usable.
-    c.student = _sft_stage(sized("s"), 800, **_optim(3e-3, 30))
-    c.method_args = method_args()
-    c.method_args.dopd.top_k = 16
-    # The main setting (experiments/README.md, "the search"): OPD's per-token advantage
-    # (pg) moved no student in 600 steps; its full-vocabulary reverse KL (analytic)
-    # closes ~40% of the init-to-teacher gap at the same budget.
-    c.method_args.opd.form = "analytic"
-    c.method_args.privt.form = "analytic"
-    c.distill = dict(
+
+
+def _distill_defaults() -> dict:
+    """config.distill: the main setting's distillation runs and their shared settings."""
+    return dict(
         methods=("opd", "privt", "opsd", "dopd", "dopd_frozen"),
         steps=600,
         batch_prompts=16,
@@ -176,8 +138,8 @@ def base_config() -> ml_collections.ConfigDict:
         # or start it from an earlier run's student ("run:NAME"; "" = the student init).
         domains=(),
         init="",
-        # MOPD: one teacher per domain, role teacher/<domain>: "teacher" (the teacher
-        # above) or "run:NAME" (an earlier run's student, e.g. a GRPO run on that domain).
+        # MOPD: one teacher per domain, role teacher/<domain>: "teacher" (config.teacher)
+        # or "run:NAME" (an earlier run's student, e.g. a GRPO run on that domain).
         teachers={},
         # Guardrail (methods.md section 10): checkpoint and end a run when a collapse
         # signal holds for `patience` logs; each condition is off at 0.
@@ -191,6 +153,54 @@ def base_config() -> ml_collections.ConfigDict:
             privt_privs=dict(method="privt", student_prefix="x+p", label="Priv.T->Priv.S"),
         ),
     )
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Defaults of the privilege-illusion experiment family (CPU scale)."""
+    c = ml_collections.ConfigDict()
+    # Seeds (dopd_jax.sweep varies seed and teacher_seed): seed draws the student's
+    # initialisation, its warm-up data order, the distillation prompts and sampling;
+    # teacher_seed the teacher's initialisation and SFT data order; task_seed the generated
+    # problems, test sets and tokenizer corpus (fixed, so seeds share one test set).
+    c.seed = 0
+    c.teacher_seed = 0
+    c.task_seed = 0
+    # Device mesh of every step (sharding.rules: batch over data x fsdp, weights over
+    # fsdp x tensor); -1 = all remaining devices. One CPU device gives a 1x1x1 mesh.
+    c.mesh = dict(data=-1, fsdp=1, tensor=1)
+    # Multi-process runs (one process per host, or several on one machine): with
+    # num_processes > 1, dopd_jax.run calls jax.distributed.initialize with these.
+    c.distributed = dict(coordinator_address="", num_processes=1, process_id=0)
+    c.checkpoint_keep = 2  # training-state checkpoints kept per stage (ckpt/<stage>)
+    c.task = _task_defaults()
+    # SentencePiece trained on the task's texts; hard_vocab_limit=False: vocab_size is a cap.
+    # With an hf:PATH model the checkpoint's tokenizer.json is used instead (path: its
+    # directory, default the student's); chat_template "checkpoint" renders x and x + p
+    # with the checkpoint's template, p placed per p_position (user_end | user_start |
+    # system), with template_variables in scope (Qwen3's non-thinking mode below).
+    c.tokenizer = dict(
+        vocab_size=64,
+        hard_vocab_limit=True,
+        path="",
+        chat_template="none",
+        p_position="user_end",
+        p_separator="\n\n",
+        template_variables=dict(enable_thinking=False),
+    )
+    # Model sources: "scratch" (build + SFT below), "workdir:PATH" (a previous run's) or
+    # "hf:PATH" (a Hugging Face checkpoint; of model, only param_dtype and dtype apply).
+    c.teacher = _sft_stage(sized("m"), 1200, **_optim(3e-3, 50))
+    # 800 warm-up steps leave the student at ~10% test accuracy (~34% given p):
+    # weak enough to need the teacher, strong enough that p is usable.
+    c.student = _sft_stage(sized("s"), 800, **_optim(3e-3, 30))
+    c.method_args = method_args()
+    c.method_args.dopd.top_k = 16
+    # The main setting (experiments/README.md, "the search"): OPD's per-token advantage
+    # (pg) moved no student in 600 steps; its full-vocabulary reverse KL (analytic)
+    # closes ~40% of the init-to-teacher gap at the same budget.
+    c.method_args.opd.form = "analytic"
+    c.method_args.privt.form = "analytic"
+    c.distill = _distill_defaults()
     c.eval = dict(batch_size=256, avg_k=0, temperature=1.0)
     c.lock()
     return c
