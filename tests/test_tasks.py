@@ -175,3 +175,36 @@ def test_config_difficulty_strings_parse_and_feed_an_ood_set():
     assert ops == [3] * 20  # three operations in every ood prompt
     with pytest.raises(ValueError, match="ood_difficulty: one domain only"):
         sources.generated_task(sources.TaskSpec(domain="arith,sort", ood_difficulty="n_ops=3"), 0)
+
+
+def test_each_domain_of_a_mixed_task_takes_its_own_difficulty():
+    from dopd_jax.data import sources
+
+    assert sources.domain_difficulty("n_items=4", ("sort", "linear")) == {
+        "sort": {"n_items": 4},
+        "linear": {"n_items": 4},
+    }
+    assert sources.domain_difficulty("", ("sort",)) == {}
+    text = "arith: n_ops=3, max_digits=1; sort:n_items=4"
+    spec = sources.TaskSpec(domain="arith,sort,linear", difficulty=text, n_test=20, n_hard=5)
+    data = sources.generated_task(spec, 0)
+    arith = data.eval_sets["test_arith"]
+    assert all(sum(ex.prompt.count(o) for o in "+-*") == 3 for ex in arith)
+    assert {len(ex.prompt.split()) - 1 for ex in data.eval_sets["test_sort"]} == {4}
+    trained = data.train(64, 0).batch(0)
+    assert {len(ex.prompt.split()) - 1 for ex in trained if ex.domain == "sort"} == {4}
+    assert (
+        sources.generated_task(
+            sources.TaskSpec(domain="arith,sort,linear", n_test=20, n_hard=5), 0
+        ).eval_sets["test_linear"]
+        == data.eval_sets["test_linear"]
+    )  # defaults where unnamed
+    for bad, message in [
+        ("code:n_ops=3", r"domain one of the task's \['arith', 'sort', 'linear'\]"),
+        ("arith:n_ops=3;arith:n_ops=2", "domain 'arith' appears twice"),
+        ("sort:n_opz=3", "n_opz"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            sources.generated_task(
+                sources.TaskSpec(domain="arith,sort,linear", difficulty=bad, n_test=5), 0
+            )

@@ -43,7 +43,9 @@ class TaskSpec:
     verifier: str = ""  # "" = the source's own; a name in VERIFIERS or an import path
     # generated
     domain: str = "arith"
-    difficulty: str = ""  # "field=value,...", e.g. "n_ops=3,max_digits=2" (domain's knobs)
+    # "field=value,..." (every domain's knobs, e.g. "n_ops=3,max_digits=2") or, with
+    # several domains, "arith:max_digits=1;sort:n_items=8" (domain_difficulty)
+    difficulty: str = ""
     ood_difficulty: str = ""  # non-empty: an extra evaluation set "ood" drawn at this one
     misleading_fraction: float = 0.2
     n_test: int = 1000
@@ -134,12 +136,25 @@ def parse_difficulty(text: str, key: str = "task.difficulty") -> dict:
     return out
 
 
-def _generated_kwargs(spec: TaskSpec, difficulty: str | None = None) -> dict:
-    kw = {"misleading_fraction": spec.misleading_fraction}
-    text = spec.difficulty if difficulty is None else difficulty
-    if text:
-        kw["difficulty"] = parse_difficulty(text)
-    return kw
+def domain_difficulty(text: str, domains, key: str = "task.difficulty") -> dict[str, dict]:
+    """Difficulty overrides per generated domain: ``"n_ops=3"`` applies to every
+    domain, ``"arith:n_ops=3;sort:n_items=8"`` to the domains named (the others keep
+    their defaults). Returns ``{domain: {field: value}}``."""
+    if ":" not in text:
+        shared = parse_difficulty(text, key)
+        return {d: shared for d in domains} if shared else {}
+    out = {}
+    for part in filter(None, (t.strip() for t in text.split(";"))):
+        domain, sep, fields = (x.strip() for x in part.partition(":"))
+        if not sep or domain not in domains:
+            raise ValueError(
+                f"config.{key}: {part!r} must be domain:field=value,... with the domain "
+                f"one of the task's {list(domains)}"
+            )
+        if domain in out:
+            raise ValueError(f"config.{key}: domain {domain!r} appears twice in {text!r}")
+        out[domain] = parse_difficulty(fields, key)
+    return out
 
 
 def task_domains(spec: TaskSpec) -> tuple[str, ...]:
@@ -155,37 +170,40 @@ def task_domains(spec: TaskSpec) -> tuple[str, ...]:
 def generated_task(spec: TaskSpec, seed: int, workdir: str = "") -> TaskData:
     """The generated family ``spec.domain``: train stream, test and hard sets; with
     several domains (``"arith,sort"``) a uniform mix and one test set per domain."""
-    kw = _generated_kwargs(spec)
     all_domains = task_domains(spec)
     if spec.ood_difficulty and len(all_domains) > 1:
         raise ValueError(
             f"config.task.ood_difficulty: one domain only (its knobs), got {spec.domain!r}"
         )
+    per_domain = domain_difficulty(spec.difficulty, all_domains)
+
+    def draw(d, n, draw_seed, split, difficulty=None):
+        difficulty = per_domain.get(d) if difficulty is None else difficulty
+        frac = spec.misleading_fraction
+        return generated.generate(
+            d, n, draw_seed, split=split, difficulty=difficulty, misleading_fraction=frac
+        )
 
     def train(batch_size, stream_seed, domains=all_domains):
-        difficulty = {d: kw["difficulty"] for d in domains} if "difficulty" in kw else None
         return TrainStream(
             list(domains),
             batch_size,
             stream_seed,
-            difficulty=difficulty,
+            difficulty={d: per_domain[d] for d in domains if d in per_domain} or None,
             misleading_fraction=spec.misleading_fraction,
         )
 
     if len(all_domains) == 1:
         (d,) = all_domains
         evals = {
-            "test": generated.generate(d, spec.n_test, seed + 1, split="test", **kw),
-            "hard": generated.generate(d, spec.n_hard, seed + 2, split="hard", **kw),
+            "test": draw(d, spec.n_test, seed + 1, "test"),
+            "hard": draw(d, spec.n_hard, seed + 2, "hard"),
         }
         if spec.ood_difficulty:
-            ood = _generated_kwargs(spec, spec.ood_difficulty)
-            evals["ood"] = generated.generate(d, spec.n_test, seed + 3, split="test", **ood)
+            ood = parse_difficulty(spec.ood_difficulty, "task.ood_difficulty")
+            evals["ood"] = draw(d, spec.n_test, seed + 3, "test", ood)
     else:
-        evals = {
-            f"test_{d}": generated.generate(d, spec.n_test, seed + 1, split="test", **kw)
-            for d in all_domains
-        }
+        evals = {f"test_{d}": draw(d, spec.n_test, seed + 1, "test") for d in all_domains}
     verifier = _verifier(spec, default=generated.verify)
     return TaskData(
         train=train,

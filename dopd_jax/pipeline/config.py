@@ -93,7 +93,7 @@ def _task_defaults() -> dict:
         max_overlength_fraction=0.0,
         verifier="",
         domain="arith",
-        difficulty="",  # "field=value,..." of the generated domain, e.g. "n_ops=3"
+        difficulty="",  # "n_ops=3" (every domain) or "arith:n_ops=3;sort:n_items=8"
         ood_difficulty="",  # non-empty: also evaluate on "ood", drawn at this difficulty
         misleading_fraction=0.2,
         n_test=1000,
