@@ -61,7 +61,7 @@ def routing(curves: list[dict], labels: dict[str, str], path: str, title: str) -
         for regime in REGIMES:
             _band(axes[0, j], per_cell, f"frac_{regime}", regime, 100.0)
         _band(axes[1, j], per_cell, "A_bar", "A_bar")
-        axes[0, j].set(title=labels[run], ylabel="% of response tokens", ylim=(0, 100))
+        axes[0, j].set(title=labels[run], ylabel="% of response tokens", ylim=(-3, 103))
         axes[1, j].set(xlabel="step", ylabel="A_bar (trimmed mean |gap|)")
         _legend(axes[0, j], 7)
     fig.suptitle(title)
