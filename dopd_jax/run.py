@@ -3,9 +3,9 @@
 Any config field can be overridden with ``--config.FIELD=VALUE``; an unknown
 field is rejected, with an error naming it, before anything runs. Progress is
 shown as it runs; metrics go to ``DIR/metrics.jsonl`` and TensorBoard files
-under ``DIR/tb``; the run ends
-by printing the results table and writing ``DIR/results.json``. Restarting
-with the same workdir resumes from the last finished stage.
+under ``DIR/tb``; the run ends by printing the results table and writing
+``DIR/results.json``. Restarting with the same workdir resumes from the last
+finished stage.
 
 Multi-process: start one such command per process, each with
 ``--config.distributed.num_processes=N --config.distributed.process_id=I
@@ -121,10 +121,13 @@ def unknown_override(argv: list[str]) -> str | None:
 
 def cli() -> None:
     flags.mark_flags_as_required(["config", "workdir"])
-    error = unknown_override(sys.argv)
-    if error:
-        sys.exit(f"error: {error}")
-    app.run(main)
+    try:
+        app.run(main)
+    except AttributeError:  # ml_collections' answer to an override of a missing field
+        error = unknown_override(sys.argv)  # loads the module again, on failure only
+        if error:
+            sys.exit(f"error: {error}")
+        raise
 
 
 if __name__ == "__main__":
