@@ -6,11 +6,17 @@ Models are the main experiment's sizes (teacher 3x d96, student 2x d64, V=64,
 16 prompts x 4 samples, 32 new tokens). Every number is the median wall time
 of ``--repeats`` calls after a compile-and-warm-up call, on whatever devices
 JAX sees; the report gives DOPD / OPD as a ratio measured in the same run.
+
+``lean_over_logged``: score + update of a step the host loop does not log
+(``DistillFns.phase_fns(False)``: no diagnostic passes, no per-token
+diagnostics) over a logged one, with the runner's default diagnostics (KLs to
+the plain and the privileged teacher, top-128 statistics), per method.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import time
@@ -94,9 +100,34 @@ def bench(repeats: int, batch_prompts: int = 16, n_samples: int = 4) -> dict:
         )  # no donation
         out[f"{name}_update_s"] = _median_time(lambda: upd(state, ro, targets), repeats)
         out[f"{name}_step_s"] = sum(out[f"{name}_{p}_s"] for p in ("rollout", "score", "update"))
+    out.update(bench_lean(repeats, gs, ps, gt, pt, batch, sampler, opt))
     out["sampler_tokens_per_s"] = out["rows"] * T / out["opd_rollout_s"]
     out["dopd_over_opd_step"] = out["dopd_step_s"] / out["opd_step_s"]
     out["dopd_over_opd_score"] = out["dopd_score_s"] / out["opd_score_s"]
+    return out
+
+
+def bench_lean(repeats, gs, ps, gt, pt, batch, sampler, opt) -> dict:
+    """Score + update of a logged step and of a lean one, per method (see the docstring)."""
+    out = {}
+    graphdefs, teachers = {"student": gs, "teacher": gt}, {"teacher": pt}
+    for name in ("opd", "dopd"):
+        method = get_method(name)
+        spec = steps.DistillSpec(method, method.make_config({}), sampler)  # runner defaults
+        fns = steps.make_distill_fns(graphdefs, opt, spec)
+        state = steps.init_state(jax.tree.map(jnp.copy, ps), opt, keep_ref=False)
+        ro = fns.rollout(state, teachers, batch, jax.random.key(0))
+        lean = steps.distill.lean_spec(spec)
+        for kind, log, sp in (("logged", True, spec), ("lean", False, lean)):
+            score, _ = fns.phase_fns(log)
+            # no donation: the same state every call
+            upd = jax.jit(functools.partial(steps.update_step, graphdefs, opt, sp, diagnostics=log))
+            out[f"{name}_{kind}_score_update_s"] = _median_time(
+                lambda: upd(state, ro, score(state, teachers, batch, ro)), repeats
+            )
+        out[f"{name}_lean_over_logged"] = (
+            out[f"{name}_lean_score_update_s"] / out[f"{name}_logged_score_update_s"]
+        )
     return out
 
 

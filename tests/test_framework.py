@@ -297,3 +297,29 @@ def test_early_stop_conditions(kw, records, reason):
     out = [stopper.update(i, m) for i, m in enumerate(records)]
     assert out[:-1] == [None] * (len(records) - 1) and reason in out[-1]
     assert EarlyStop().update(0, records[-1]) is None  # every condition is off by default
+
+
+class _LeanFns(_FakeFns):
+    """_FakeFns with lean phases that record the steps they ran."""
+
+    def __init__(self):
+        self.lean_steps = []
+
+    def phase_fns(self, log):
+        if log:
+            return self.score, self.update
+
+        def lean_update(state, ro, targets):
+            self.lean_steps.append(int(state) + 1)
+            return state + 1, {}
+
+        return self.score, lean_update
+
+
+def test_unlogged_steps_run_the_lean_phases():
+    written = []
+    hooks = loop.LoopHooks(write=lambda s, m: written.append(s), log_every=4)
+    fns = _LeanFns()
+    final = loop.run_distill(fns, jnp.int32(0), {}, iter([([], None)] * 10), 10, None, hooks)
+    assert int(final) == 10 and written == [4, 8, 10]
+    assert fns.lean_steps == [1, 2, 3, 5, 6, 7, 9]

@@ -191,3 +191,37 @@ def test_every_method_is_registered_with_known_passes():
         assert set(passes) <= {"teacher", "priv_teacher", "priv_student", "ref"}
     with pytest.raises(ValueError, match="unknown method 'gkd2'"):
         get_method("gkd2")
+
+
+@pytest.mark.parametrize("method", ["dopd", "opd"])
+@pytest.mark.parametrize("num_microbatches", [0, 2])
+def test_lean_phases_make_the_same_update_without_diagnostics(setup, method, num_microbatches):
+    gs, ps, gt, pt, batch = setup
+    spec = _spec(method, form="analytic") if method == "opd" else _spec(method)
+    opt = optax.sgd(0.5)  # linear in the gradient, so params compare at float32 precision
+    if num_microbatches:
+        fns = steps.microbatch.make_microbatched_fns(_g(gs, gt), opt, spec, num_microbatches)
+    else:
+        fns = steps.make_distill_fns(_g(gs, gt), opt, spec)
+    teachers = {"teacher": pt}
+    out = {}
+    for log in (True, False):
+        state = steps.init_state(jax.tree.map(jnp.copy, ps), opt, keep_ref=False)
+        ro = fns.rollout(state, teachers, batch, jax.random.key(0))
+        score, update = fns.phase_fns(log)
+        targets = score(state, teachers, batch, ro)
+        if not num_microbatches:  # the diagnostic pass is scored only when logging
+            assert ("logp_priv_teacher_BT" in targets) == (log and method == "opd")
+            assert ("logp_teacher_BT" in targets) == (log and method == "dopd")
+        out[log] = update(state, ro, targets)
+    (full_state, full_m), (lean_state, lean_m) = out[True], out[False]
+    assert "kl_to_teacher" in full_m and "topk_overlap" in full_m
+    assert not {"kl_to_teacher", "topk_overlap", "student_entropy"} & set(lean_m)
+    assert set(lean_m) < set(full_m)
+    for key in lean_m:  # the loss and the method's own metrics are the logged step's
+        np.testing.assert_allclose(lean_m[key], full_m[key], rtol=1e-6, atol=1e-7, err_msg=key)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+        lean_state.params,
+        full_state.params,
+    )

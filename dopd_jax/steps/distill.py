@@ -238,8 +238,14 @@ def update_step(
     state: TrainState,
     ro: rollout_lib.Rollout,
     targets: dict,
+    *,
+    diagnostics: bool = True,
 ) -> tuple[TrainState, dict]:
-    """Student forward on x + method loss + optimizer update."""
+    """Student forward on x + method loss + optimizer update.
+
+    ``diagnostics=False`` (static) leaves out ``step_diagnostics``: the loss, its
+    own metrics and the rollout's are still returned, the update is the same.
+    """
 
     def loss_fn(params):
         student_BTV = scoring.teacher_forced_logits(
@@ -253,9 +259,15 @@ def update_step(
     (loss, (metrics, student_BTV)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     new_state = apply_gradients(optimizer, spec, state, grads)
     metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
-    metrics.update(step_diagnostics(spec, student_BTV, targets, ro))
+    if diagnostics:
+        metrics.update(step_diagnostics(spec, student_BTV, targets, ro))
     metrics.update(rollout_metrics(ro, spec.domains))
     return new_state, metrics
+
+
+def lean_spec(spec: DistillSpec) -> DistillSpec:
+    """``spec`` without its diagnostic passes: what a step that logs nothing scores."""
+    return dataclasses.replace(spec, log_passes=())
 
 
 def apply_gradients(optimizer, spec: DistillSpec, state: TrainState, grads) -> TrainState:
@@ -286,11 +298,27 @@ def distill_step(
 
 @dataclasses.dataclass(frozen=True)
 class DistillFns:
-    """The jitted pieces of a distillation step (one jit call site each)."""
+    """The jitted pieces of a distillation step (one jit call site each).
+
+    ``score_lean`` / ``update_lean`` (optional) take the same arguments and make the
+    same update, without the diagnostic passes and per-token diagnostics: a host
+    loop calls them on steps whose metrics it does not read (``loop.run_distill``:
+    every step but the log steps). At V = 64 they save a teacher forward per step;
+    at paper scale also the top-K statistics over the vocabulary.
+    """
 
     rollout: Any
     score: Any
     update: Any
+    score_lean: Any = None
+    update_lean: Any = None
+
+    def phase_fns(self, log: bool) -> tuple[Any, Any]:
+        """``(score, update)`` of a step: the full ones on log steps, else the lean ones
+        where they exist."""
+        if log:
+            return self.score, self.update
+        return self.score_lean or self.score, self.update_lean or self.update
 
 
 def make_distill_fns(graphdefs: dict, optimizer, spec: DistillSpec, shardings=None) -> DistillFns:
@@ -308,15 +336,20 @@ def make_distill_fns(graphdefs: dict, optimizer, spec: DistillSpec, shardings=No
 
     Returns:
       DistillFns(rollout(state, teachers, batch, key), score(state, teachers, batch, ro),
-      update(state, ro, targets)), called positionally.
+      update(state, ro, targets)), called positionally, and their lean forms
+      (``score_lean``, ``update_lean``: no diagnostics; compiled on first use).
     """
     jit_kwargs = (lambda phase: {}) if shardings is None else shardings.jit_kwargs
+
+    def jit_update(spec_, diagnostics):
+        fn = functools.partial(update_step, graphdefs, optimizer, spec_, diagnostics=diagnostics)
+        return jax.jit(fn, donate_argnames=("state",), **jit_kwargs("update"))
+
+    lean = lean_spec(spec)
     return DistillFns(
         rollout=jax.jit(functools.partial(rollout_step, graphdefs, spec), **jit_kwargs("rollout")),
         score=jax.jit(functools.partial(score_step, graphdefs, spec), **jit_kwargs("score")),
-        update=jax.jit(
-            functools.partial(update_step, graphdefs, optimizer, spec),
-            donate_argnames=("state",),
-            **jit_kwargs("update"),
-        ),
+        update=jit_update(spec, True),
+        score_lean=jax.jit(functools.partial(score_step, graphdefs, lean), **jit_kwargs("score")),
+        update_lean=jit_update(lean, False),
     )

@@ -122,7 +122,9 @@ def _weighted_means(values_M: dict, weights_M: dict) -> dict:
     return out
 
 
-def _second_pass(graphdefs, spec, score, remat, constrain, state, refs, n_seq_total, grad_acc, mb):
+def _second_pass(
+    graphdefs, spec, score, remat, constrain, state, refs, n_seq_total, grad_acc, mb, *, diagnostics
+):
     """Loss, gradient and metrics of one micro-batch; adds the gradient to ``grad_acc``."""
     ro = mb["ro"]
     targets = {name: score(mb, name) for name in spec.passes}
@@ -147,7 +149,8 @@ def _second_pass(graphdefs, spec, score, remat, constrain, state, refs, n_seq_to
 
     (loss, (metrics, s_BTV)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     metrics = dict(metrics)
-    metrics.update(steps.step_diagnostics(spec, s_BTV, targets, ro))
+    if diagnostics:
+        metrics.update(steps.step_diagnostics(spec, s_BTV, targets, ro))
     grad_acc = jax.tree.map(lambda a, g: a + g.astype(a.dtype), grad_acc, grads)
     weights = _metric_weights(metrics, ro.mask_BT, steps.domain_token_masks(spec, ro))
     return grad_acc, (loss, metrics, weights)
@@ -196,11 +199,14 @@ def microbatched_update_step(
     teachers,
     batch: steps.DistillBatch,
     ro: rollout_lib.Rollout,
+    *,
+    diagnostics: bool = True,
 ):
     """``score_step`` + ``update_step`` of one batch, in micro-batches.
 
     Same arguments as those two (static ones bound by ``make_microbatched_update``);
-    returns ``(state, metrics)`` equal to ``update_step`` on the whole batch.
+    returns ``(state, metrics)`` equal to ``update_step`` on the whole batch
+    (``diagnostics`` as there).
     """
     _check_rows(spec, num_microbatches, batch, ro, mesh)
     per_mb, per_act = _constraints(mesh)
@@ -225,7 +231,16 @@ def microbatched_update_step(
         lambda p: jnp.zeros(p.shape, jnp.promote_types(p.dtype, jnp.float32)), state.params
     )
     body = functools.partial(
-        _second_pass, graphdefs, spec, score, remat, per_act, state, refs, n_seq_total
+        _second_pass,
+        graphdefs,
+        spec,
+        score,
+        remat,
+        per_act,
+        state,
+        refs,
+        n_seq_total,
+        diagnostics=diagnostics,
     )
     grads, (loss_M, metrics_M, weights_M) = jax.lax.scan(body, acc0, mbs)
     grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
@@ -246,6 +261,7 @@ def make_microbatched_update(
     shardings=None,
     *,
     remat: bool = True,
+    diagnostics: bool = True,
 ):
     """Jits the fused micro-batched score + update step.
 
@@ -261,6 +277,8 @@ def make_microbatched_update(
         the data-parallel axes.
       remat: recompute each student block in the backward pass
         (``forward_logits``).
+      diagnostics: False leaves out the per-token diagnostics (pass a
+        ``distill.lean_spec`` to leave out the diagnostic passes too).
 
     Returns:
       ``step(state, teachers, batch, ro) -> (state, metrics)``, jitted,
@@ -279,7 +297,14 @@ def make_microbatched_update(
         )
     mesh = None if shardings is None else shardings.mesh
     fn = functools.partial(
-        microbatched_update_step, graphdefs, optimizer, spec, num_microbatches, remat, mesh
+        microbatched_update_step,
+        graphdefs,
+        optimizer,
+        spec,
+        num_microbatches,
+        remat,
+        mesh,
+        diagnostics=diagnostics,
     )
     jit_kwargs = (
         {}
@@ -307,9 +332,13 @@ def make_microbatched_fns(
     scored there); ``update(state, ro, (teachers, batch))`` scores and updates in
     micro-batches. A host loop written for ``make_distill_fns`` runs either
     unchanged; its ``time_score`` is then ~0 and ``time_update`` includes scoring.
+    ``update_lean`` is the same step without diagnostics.
     """
-    fused = make_microbatched_update(
-        graphdefs, optimizer, spec, num_microbatches, shardings, remat=remat
+    fused, fused_lean = (
+        make_microbatched_update(
+            graphdefs, optimizer, s, num_microbatches, shardings, remat=remat, diagnostics=d
+        )
+        for s, d in ((spec, True), (steps.lean_spec(spec), False))
     )
     jit_kwargs = (lambda phase: {}) if shardings is None else shardings.jit_kwargs
     rollout = jax.jit(
@@ -320,9 +349,18 @@ def make_microbatched_fns(
         del state, ro
         return teachers, batch
 
-    def update(state, ro, deferred):
-        teachers, batch = deferred
-        return fused(state, teachers, batch, ro)
+    def deferred_update(step):
+        def update(state, ro, deferred):
+            teachers, batch = deferred
+            return step(state, teachers, batch, ro)
 
-    update.fused = fused  # the jitted step (``memory_report`` lowers it)
-    return steps.DistillFns(rollout=rollout, score=score, update=update)
+        update.fused = step  # the jitted step (``memory_report`` lowers it)
+        return update
+
+    return steps.DistillFns(
+        rollout=rollout,
+        score=score,
+        update=deferred_update(fused),
+        score_lean=score,
+        update_lean=deferred_update(fused_lean),
+    )

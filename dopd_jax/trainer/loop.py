@@ -205,15 +205,17 @@ def _distill_phases(fns, state, teachers, batch, key, timed: bool, rewards=None)
     ``rewards(ro) -> ro`` (the verifier, on the host) runs between the rollout and the
     scoring; its time counts as rollout time."""
     rewards = rewards or (lambda ro: ro)
+    phase_fns = getattr(fns, "phase_fns", lambda log: (fns.score, fns.update))
+    score, update = phase_fns(timed)  # lean (no diagnostics) where nothing is logged
     if not timed:
         ro = rewards(fns.rollout(state, teachers, batch, key))
-        targets = fns.score(state, teachers, batch, ro)
-        state, metrics = fns.update(state, ro, targets)
+        targets = score(state, teachers, batch, ro)
+        state, metrics = update(state, ro, targets)
         return ro, state, metrics, {}
     jax.block_until_ready(state)  # earlier steps' queued work is not this step's time
     ro, t_roll = _timed(lambda *a: rewards(fns.rollout(*a)), state, teachers, batch, key)
-    targets, t_score = _timed(fns.score, state, teachers, batch, ro)
-    (state, metrics), t_upd = _timed(fns.update, state, ro, targets)
+    targets, t_score = _timed(score, state, teachers, batch, ro)
+    (state, metrics), t_upd = _timed(update, state, ro, targets)
     return ro, state, metrics, dict(time_rollout=t_roll, time_score=t_score, time_update=t_upd)
 
 
@@ -233,7 +235,8 @@ def run_distill(
     Steps are dispatched without waiting; the host reads device values only on
     log steps (every ``log_every``-th, evaluation steps and the last), whose
     three phases are blocked on so the rollout / scoring / update split is
-    real wall time.
+    real wall time. The other steps call the lean phases (``DistillFns.phase_fns``:
+    no diagnostic passes or per-token diagnostics), whose update is the same.
 
     Args:
       fns: the jitted rollout / score / update functions (``steps.DistillFns``).
