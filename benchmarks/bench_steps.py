@@ -9,8 +9,9 @@ JAX sees; the report gives DOPD / OPD as a ratio measured in the same run.
 
 ``lean_over_logged``: score + update of a step the host loop does not log
 (``DistillFns.phase_fns(False)``: no diagnostic passes, no per-token
-diagnostics) over a logged one, with the runner's default diagnostics (KLs to
-the plain and the privileged teacher, top-128 statistics), per method.
+diagnostics) over a logged one, with ``DistillSpec``'s default diagnostics
+(KLs to the plain and the privileged teacher; top-K statistics, K = 128 clamped
+to V), per method.
 """
 
 from __future__ import annotations
@@ -113,7 +114,7 @@ def bench_lean(repeats, gs, ps, gt, pt, batch, sampler, opt) -> dict:
     graphdefs, teachers = {"student": gs, "teacher": gt}, {"teacher": pt}
     for name in ("opd", "dopd"):
         method = get_method(name)
-        spec = steps.DistillSpec(method, method.make_config({}), sampler)  # runner defaults
+        spec = steps.DistillSpec(method, method.make_config({}), sampler)  # default log passes
         fns = steps.make_distill_fns(graphdefs, opt, spec)
         state = steps.init_state(jax.tree.map(jnp.copy, ps), opt, keep_ref=False)
         ro = fns.rollout(state, teachers, batch, jax.random.key(0))
