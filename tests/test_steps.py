@@ -225,3 +225,17 @@ def test_lean_phases_make_the_same_update_without_diagnostics(setup, method, num
         lean_state.params,
         full_state.params,
     )
+
+
+@pytest.mark.parametrize("lean_steps", [True, False])
+def test_runner_builds_lean_phases_unless_turned_off(setup, lean_steps):
+    from types import SimpleNamespace
+
+    from dopd_jax.pipeline import distill_stage
+
+    gs, _, gt, _, _ = setup
+    run = SimpleNamespace(num_microbatches=1, remat=False, lean_steps=lean_steps)
+    fns = distill_stage.make_fns(_g(gs, gt), optax.sgd(0.1), _spec("opd"), run, None)
+    score, update = fns.phase_fns(False)
+    assert (score is fns.score_lean and update is fns.update_lean) == lean_steps
+    assert (score is fns.score and update is fns.update) != lean_steps

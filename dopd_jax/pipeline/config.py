@@ -134,6 +134,9 @@ def _distill_defaults() -> dict:
         # Per-device memory limit (GB) checked against the compiled steps where the
         # device reports none (CPU); 0 = no check there.
         memory_budget_gb=0.0,
+        # Unlogged steps skip the diagnostic passes (steps.DistillFns.phase_fns), for
+        # two more compiles; off for runs too short to repay them (smoke configs).
+        lean_steps=True,
         # Multi-domain tasks (task.domain="arith,sort"): train a run on some domains only,
         # or start it from an earlier run's student ("run:NAME"; "" = the student init).
         domains=(),
@@ -212,6 +215,7 @@ def shrink_to_smoke(c: ml_collections.ConfigDict) -> None:
     c.student.model = model_config(32, 1, 2, 1, 64)
     c.teacher.steps, c.student.steps, c.distill.steps = 20, 10, 4
     c.distill.log_every, c.distill.eval_every, c.distill.eval_n = 2, 4, 16
+    c.distill.lean_steps = False  # 4 steps do not repay the lean phases' compiles
     c.distill.batch_prompts, c.distill.n_samples, c.distill.max_new_tokens = 8, 2, 24
     c.task.n_test, c.task.n_hard = 32, 32
     c.task.corpus_size = 500

@@ -67,12 +67,15 @@ def make_spec(run: RunSpec, tok, domains: tuple[str, ...] = ()) -> DistillSpec:
 
 def make_fns(graphdefs, opt, spec: DistillSpec, run: RunSpec, shardings):
     """The run's jitted step phases: the fused micro-batched step when the config asks
-    for micro-batches or remat, else the three separate phases (one interface)."""
+    for micro-batches or remat, else the three separate phases (one interface); their
+    lean forms unless ``distill.lean_steps`` is off."""
     if run.num_microbatches > 1 or run.remat:
-        return microbatch.make_microbatched_fns(
+        fns = microbatch.make_microbatched_fns(
             graphdefs, opt, spec, run.num_microbatches, shardings, remat=run.remat
         )
-    return make_distill_fns(graphdefs, opt, spec, shardings)
+    else:
+        fns = make_distill_fns(graphdefs, opt, spec, shardings)
+    return fns if run.lean_steps else dataclasses.replace(fns, score_lean=None, update_lean=None)
 
 
 def _check_memory(ctx: Context, run: RunSpec, fns, state, teachers, batches, key):

@@ -110,6 +110,7 @@ class RunSpec:
     remat: bool = False
     rollout_batch: int = 0  # prompts per sampler call (0: the whole batch at once)
     memory_budget_gb: float = 0.0  # per-device limit where the device reports none
+    lean_steps: bool = True  # unlogged steps run the lean phases (DistillFns.phase_fns)
     domains: tuple[str, ...] = ()  # train on these domains of the task only (() = all)
     init: str = ""  # "" = the student init; "run:NAME" = the final student of run NAME
     early_stop: tuple[tuple[str, Any], ...] = ()  # trainer.early_stop.EarlyStop fields
@@ -131,7 +132,8 @@ class RunSpec:
         return json.loads(json.dumps(d))
 
 
-MEMORY_KNOBS = ("num_microbatches", "remat", "memory_budget_gb", "chunk_size")
+# Knobs that change memory or speed, not results.
+MEMORY_KNOBS = ("num_microbatches", "remat", "memory_budget_gb", "chunk_size", "lean_steps")
 
 
 # Fields added after workdirs existed: left out at their defaults, so old results match.
@@ -340,6 +342,7 @@ def run_spec(c, name: str) -> RunSpec:
         remat=bool(d.get("remat", False)),
         rollout_batch=d.get("rollout_batch", 0),
         memory_budget_gb=float(d.get("memory_budget_gb", 0.0)),
+        lean_steps=bool(d.get("lean_steps", True)),
         domains=tuple(d.get("domains", ())),
         init=d.get("init", ""),
         early_stop=tuple(sorted((d.get("early_stop") or {}).items())),
