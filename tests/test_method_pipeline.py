@@ -59,9 +59,10 @@ def test_mopd_pipeline_runs_every_baseline_and_prints_normalized_scores(mopd_run
     results = json.loads((workdir / "results.json").read_text())
     runs = results["methods"]
     assert {
-        "grpo_arith",
-        "grpo_sort",
+        "sft_arith",
+        "sft_sort",
         "mopd",
+        "mopd_topk",
         "mix_rl",
         "cascade_arith",
         "cascade_sort",
@@ -74,9 +75,9 @@ def test_mopd_pipeline_runs_every_baseline_and_prints_normalized_scores(mopd_run
     mopd = read_metrics(str(workdir), "distill/mopd")
     for key in ("kl_to_teacher/arith", "kl_to_teacher/sort", "reward/arith", "response_len/sort"):
         assert key in mopd[-1], key
-    grpo = read_metrics(str(workdir), "distill/grpo_arith")
+    grpo = read_metrics(str(workdir), "distill/mix_rl")
     assert "adv_mean" in grpo[-1] and "reward" in grpo[-1]
-    assert (workdir / "runs" / "grpo_arith" / "params").exists()  # a teacher of later runs
+    assert (workdir / "runs" / "sft_arith" / "params").exists()  # a teacher of later runs
     assert not (workdir / "runs" / "mix_rl" / "params").exists()  # nothing reads it
     assert read_metrics(str(workdir), "distill/offpolicy_ft")[-1]["on_policy_frac"] == 0.0
 

@@ -15,14 +15,14 @@ def _mopd_config():
     "edit,message",
     [
         (
-            lambda c: setattr(c.distill, "teachers", {"arith": "run:grpo_arith"}),
+            lambda c: setattr(c.distill, "teachers", {"arith": "run:sft_arith"}),
             r"domains without a teacher: \['sort'\]",
         ),
         (
             lambda c: setattr(
                 c.distill,
                 "teachers",
-                {"arith": "run:grpo_arith", "sort": "run:grpo_sort", "code": "teacher"},
+                {"arith": "run:sft_arith", "sort": "run:sft_sort", "code": "teacher"},
             ),
             r"teachers without prompts: \['code'\]",
         ),
@@ -32,7 +32,7 @@ def _mopd_config():
         ),
         (lambda c: setattr(c.distill, "teachers", {}), "reads one teacher per domain"),
         (
-            lambda c: setattr(c.distill, "methods", ("mopd", "grpo_arith", "grpo_sort")),
+            lambda c: setattr(c.distill, "methods", ("mopd", "sft_arith", "sft_sort")),
             "list them before it",
         ),
         (lambda c: c.distill.variants.merge_avg.update(steps=3), "needs steps=0"),
@@ -41,7 +41,7 @@ def _mopd_config():
             "'run:NAME' of an earlier run",
         ),
         (
-            lambda c: c.distill.variants.grpo_arith.update(domains=("code",)),
+            lambda c: c.distill.variants.sft_arith.update(domains=("code",)),
             r"domains \['code'\] are not among the task's domains",
         ),
     ],
@@ -99,12 +99,17 @@ def test_multi_round_mopd_reads_its_own_teachers():
 
 def test_mopd_smoke_config_is_valid():
     spec = config_checks.validate(_mopd_config())
-    assert spec.run_refs() == {"grpo_arith", "grpo_sort", "cascade_arith"}
+    assert spec.run_refs() == {"sft_arith", "sft_sort", "cascade_arith"}
 
 
 @pytest.mark.parametrize(
     "module,arg",
-    [("mopd_domains", None), ("mopd_forms", "teacher=rl,rounds=2"), ("mopd_forms", "teacher=sft")],
+    [
+        ("mopd_domains", None),
+        ("mopd_domains", "teacher=rl"),
+        ("mopd_forms", "teacher=rl,rounds=2"),
+        ("mopd_forms", "teacher=sft"),
+    ],
 )
 def test_full_size_mopd_configs_are_valid_and_share_one_setting(module, arg):
     from dopd_jax.pipeline.config import sized
@@ -114,3 +119,53 @@ def test_full_size_mopd_configs_are_valid_and_share_one_setting(module, arg):
     assert c.task.domain == "arith,sort,linear" and c.task.priv_form == "none"
     assert c.student.model == sized("m") and c.student.steps == 1500
     assert c.distill.lr == 3e-4  # GRPO collapsed at the main setting's 3e-3
+
+
+def test_domain_teachers_train_on_their_own_domain_at_their_origins_setting():
+    from dopd_jax.pipeline.config import SFT_TEACHER_STEP, domain_teacher_runs
+
+    sft = domain_teacher_runs("sft", ("arith", "sort"), 600)
+    assert set(sft) == {"sft_arith", "sft_sort"}
+    assert sft["sft_sort"]["domains"] == ("sort",)
+    assert sft["sft_arith"]["method"] == "gkd" and sft["sft_arith"]["lmbda"] == 0.0
+    assert {k: sft["sft_arith"][k] for k in SFT_TEACHER_STEP} == SFT_TEACHER_STEP
+    assert "batch_prompts" not in domain_teacher_runs("sft", ("arith",), 2, smoke=True)["sft_arith"]
+    rl = domain_teacher_runs("rl", ("arith",), 200, prefix="2", init="run:mopd_pg")
+    assert rl == {
+        "rl2_arith": dict(
+            method="grpo",
+            domains=("arith",),
+            steps=200,
+            init="run:mopd_pg",
+            label="RL teacher arith",
+        )
+    }
+    with pytest.raises(ValueError, match="origin must be 'rl' or 'sft', got 'ppo'"):
+        domain_teacher_runs("ppo", ("arith",), 2)
+
+
+def test_normalized_score_skips_domains_where_the_teacher_does_not_beat_the_init():
+    from dopd_jax.pipeline.report import format_normalized, normalized_scores
+
+    def acc(**kw):
+        return {f"acc_test_{d}": v for d, v in kw.items()}
+
+    results = {
+        "references": {"student_init": acc(arith=20.0, sort=100.0, linear=10.0)},
+        "methods": {
+            "t_arith": acc(arith=80.0),
+            "t_sort": acc(sort=100.0),
+            "t_linear": acc(linear=60.0),
+            "mopd": {**acc(arith=50.0, sort=99.0, linear=35.0), "label": "MOPD"},
+        },
+    }
+    teachers = [("arith", "run:t_arith"), ("sort", "run:t_sort"), ("linear", "run:t_linear")]
+    row = normalized_scores(results, teachers)["mopd"]
+    assert row["arith"] == pytest.approx(0.5) and row["linear"] == pytest.approx(0.5)
+    assert row["sort"] is None  # the init is already at the teacher's 100%
+    assert row["mean"] == pytest.approx(0.5)  # over arith and linear only
+    results["methods"]["t_arith"] = acc(arith=10.0)  # a teacher below the init
+    results["methods"]["t_linear"] = acc()  # a missing score
+    assert normalized_scores(results, teachers)["mopd"]["mean"] is None
+    results["normalized"] = normalized_scores(results, teachers)
+    assert "MOPD" in format_normalized(results)

@@ -283,6 +283,46 @@ def mopd_setting(c: ml_collections.ConfigDict, smoke: bool) -> tuple[str, ...]:
     return domains
 
 
+# A domain teacher trained by SFT on its domain's gold solutions, at the SFT stages'
+# batch and rate: one response per prompt (the gold one), 64 prompts, lr 3e-3.
+# From the MOPD init, 600 such steps took arith from 22.6% to 83.2% (experiments/README.md).
+SFT_TEACHER_STEP = dict(batch_prompts=64, n_samples=1, lr=3e-3)
+
+
+def domain_teacher_runs(
+    origin: str, domains, steps: int, *, prefix: str = "", init: str = "", smoke: bool = False
+) -> dict:
+    """One MOPD domain-teacher run per domain, named ``<origin><prefix>_<domain>``.
+
+    Args:
+      origin: ``"rl"`` (GRPO on that domain's verifier, the MOPD paper's teachers)
+        or ``"sft"`` (SFT on that domain's gold solutions: GKD with ``lmbda=0``,
+        the sampled forward KL of the gold token, i.e. cross-entropy, at
+        ``SFT_TEACHER_STEP``'s batch and rate unless ``smoke``).
+      domains: the task's domains.
+      steps: each teacher's steps.
+      prefix: inserted into the names (``"2"`` for a second round).
+      init: where the teachers start (``""`` = the student init).
+      smoke: keep the config's (smoke-sized) batch.
+
+    Returns:
+      ``{name: variant}`` for ``add_variants``.
+    """
+    if origin not in ("rl", "sft"):
+        raise ValueError(f"domain teacher origin must be 'rl' or 'sft', got {origin!r}")
+    if origin == "rl":
+        base = dict(method="grpo")
+    else:
+        base = dict(method="gkd", lmbda=0.0, kind="fkl", granularity="sampled")
+        base.update({} if smoke else SFT_TEACHER_STEP)
+    return {
+        f"{origin}{prefix}_{d}": dict(
+            base, domains=(d,), steps=steps, init=init, label=f"{origin.upper()} teacher {d}"
+        )
+        for d in domains
+    }
+
+
 def add_variants(c: ml_collections.ConfigDict, **variants) -> None:
     """Adds named run variants (``distill.variants``) to a locked config."""
     with c.distill.variants.unlocked():

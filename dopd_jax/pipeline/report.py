@@ -93,9 +93,11 @@ def normalized_scores(results: dict, domain_teachers) -> dict:
 
     Per domain d, ``(s_d - s_SFT) / (s_teacher_d - s_SFT)`` on the evaluation set
     ``test_<d>`` (greedy, no p), with ``s_SFT`` the student init and
-    ``s_teacher_d`` d's teacher (``distill.teachers``); ``mean`` averages the
-    domains uniformly. None where a teacher does not beat the student init on
-    its domain (the ratio has no meaning) or a score is missing.
+    ``s_teacher_d`` d's teacher (``distill.teachers``). None where a teacher
+    does not beat the student init on its domain (the ratio has no meaning:
+    e.g. an init already at 100%) or a score is missing. ``mean`` averages the
+    defined domains uniformly (None if there are none); the table shows which
+    domains it covers.
 
     Returns:
       ``{run: {"<domain>": score | None, ..., "mean": score | None}}``.
@@ -111,8 +113,8 @@ def normalized_scores(results: dict, domain_teachers) -> dict:
             s, s0, st = r.get(key), sft.get(key), teacher.get(key)
             ok = None not in (s, s0, st) and st > s0
             row[d] = (s - s0) / (st - s0) if ok else None
-        scores = list(row.values())
-        row["mean"] = None if None in scores else sum(scores) / len(scores)
+        scores = [v for v in row.values() if v is not None]
+        row["mean"] = sum(scores) / len(scores) if scores else None
         out[name] = row
     return out
 
