@@ -45,6 +45,28 @@ def test_summary_matches_numpy_mean_and_sample_std():
     assert "| OPD | 31.7 ± 7.6 |" in table and "| 3/3 |" in table and "| 2/3 |" in table
 
 
+def test_mopd_cells_get_per_domain_columns_and_normalized_scores():
+    def cell(init_a, mopd_a):
+        return {
+            "config": {"distill": {"teachers": {"a": "run:t_a", "b": "run:t_b"}}},
+            "references": {"student_init": {"acc_test_a": init_a, "acc_test_b": 1.0}},
+            "methods": {
+                "t_a": {"acc_test_a": 0.9, "acc_test_b": 0.0},
+                "t_b": {"acc_test_a": 0.0, "acc_test_b": 1.0},  # no headroom on b
+                "mopd": {"acc_test_a": mopd_a, "acc_test_b": 1.0, "label": "MOPD"},
+            },
+        }
+
+    s = aggregate.summarize([cell(0.1, 0.5), cell(0.1, 0.3)])
+    mean, std, n = s["mopd"]["norm_mean"]
+    np.testing.assert_allclose([mean, std], [0.375, np.std([0.5, 0.25], ddof=1)])
+    assert "norm_b" not in s["mopd"]  # b's teacher does not beat the init
+    table = aggregate.markdown_table(s, 2)
+    head = table.splitlines()[0]
+    assert "test_a %" in head and "test_b %" in head and "normalized mean" in head
+    assert "| MOPD | 40.0 ± 14.1 | 100.0 ± 0.0 | 0.375 ± 0.177 | 0.375 ± 0.177 |" in table
+
+
 def test_gap_closed_undefined_when_the_teacher_is_not_better():
     assert aggregate.gap_closed(0.3, 0.4, 0.4) is None
     assert aggregate.gap_closed(None, 0.1, 0.5) is None

@@ -13,6 +13,8 @@ import os
 
 import numpy as np
 
+from dopd_jax.pipeline import report
+
 REFERENCES = ("teacher", "student_init")
 ROW_KEYS = ("acc_test", "acc_hard", "acc_priv")  # accuracy columns in that order when present
 
@@ -65,7 +67,21 @@ def _cell_rows(results: dict, key: str = "acc_test") -> dict[str, dict]:
         row["gap_closed"] = gap_closed(r.get(key), init, teacher)
         row["label"] = r.get("label") or name
         rows[name] = row
+    teachers = results.get("config", {}).get("distill", {}).get("teachers") or {}
+    if teachers:  # MOPD: the normalized score against each domain's teacher
+        for name, scores in report.normalized_scores(results, sorted(teachers.items())).items():
+            rows[name].update({f"norm_{d}": v for d, v in scores.items()})
     return rows
+
+
+def _columns(summary: dict[str, dict]) -> tuple[list[str], list[str]]:
+    """The accuracy keys (ROW_KEYS, then per-domain ``acc_test_<d>``) and the
+    normalized-score keys (per domain, then ``norm_mean``) present in a summary."""
+    present = [k for s in summary.values() for k in s]
+    acc = [k for k in ROW_KEYS if k in present]
+    acc += sorted({k for k in present if k.startswith("acc_test_")})
+    norm = sorted({k for k in present if k.startswith("norm_") and k != "norm_mean"})
+    return acc, norm + ["norm_mean"] * bool(norm)
 
 
 def mean_std(values) -> tuple[float, float, int] | None:
@@ -105,17 +121,15 @@ def _fmt(stat, scale: float = 100.0, digits: int = 1) -> str:
 
 def markdown_table(summary: dict[str, dict], n_seeds: int) -> str:
     """Mean ± std over seeds, one row per reference model and run."""
-    acc_keys = [k for k in ROW_KEYS if any(k in s for s in summary.values())]
-    cols = [k.removeprefix("acc_") + " %" for k in acc_keys] + [
-        "gap closed %",
-        "entropy",
-        "KL(T)",
-        "seeds",
-    ]
+    acc_keys, norm_keys = _columns(summary)
+    cols = [k.removeprefix("acc_") + " %" for k in acc_keys]
+    cols += ["normalized " + k.removeprefix("norm_") for k in norm_keys]
+    cols += ["gap closed %", "entropy", "KL(T)", "seeds"]
     lines = ["| model | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for s in summary.values():
         n = max((v[2] for k, v in s.items() if k != "label"), default=0)
         cells = [_fmt(s.get(k)) for k in acc_keys]
+        cells += [_fmt(s.get(k), 1.0, 3) for k in norm_keys]
         cells += [
             _fmt(s.get("gap_closed")),
             _fmt(s.get("student_entropy"), 1.0, 3),

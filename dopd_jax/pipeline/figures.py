@@ -35,15 +35,25 @@ def _legend(ax, size: int) -> None:
 
 
 def learning_curves(curves: list[dict], labels: dict[str, str], path: str, title: str) -> None:
-    """Accuracy (in-run evaluation) and student entropy over steps, one line per run."""
+    """Accuracy and student entropy over steps, one line per run.
+
+    Accuracy is the in-run evaluation (greedy, no p) where the runs logged one,
+    else the sampled reward of the training rollouts (``eval_every=0``: MOPD).
+    """
     fig, (acc, ent) = plt.subplots(1, 2, figsize=(11, 4))
+    logged = {k for c in curves for rows in c.values() for r in rows for k in r}
+    key, what = ("eval_acc", "in-run eval, no p")
+    if key not in logged:
+        key, what = ("reward", "sampled reward of the rollouts")
     for run in labels:
         per_cell = [c.get(run, []) for c in curves]
-        _band(acc, per_cell, "eval_acc", labels[run], 100.0)
+        _band(acc, per_cell, key, labels[run], 100.0)
         _band(ent, per_cell, "student_entropy", labels[run])
-    acc.set(xlabel="step", ylabel="accuracy % (in-run eval, no p)", title="accuracy")
+    acc.set(xlabel="step", ylabel=f"accuracy % ({what})", title="accuracy")
     ent.set(xlabel="step", ylabel="nats / token", title="student entropy")
     _legend(acc, 7)
+    if not acc.get_legend_handles_labels()[0]:
+        _legend(ent, 7)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -71,18 +81,55 @@ def routing(curves: list[dict], labels: dict[str, str], path: str, title: str) -
     return True
 
 
-def final_bars(summary: dict[str, dict], path: str, title: str, key: str = "acc_test") -> None:
-    """Final accuracy per run with +-1 std error bars; teacher and init as lines."""
-    runs = [n for n in summary if n not in aggregate.REFERENCES and key in summary[n]]
-    fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(runs) + 2), 4))
-    means = [100 * summary[n][key][0] for n in runs]
-    stds = [100 * summary[n][key][1] for n in runs]
-    ax.bar(range(len(runs)), means, yerr=stds, capsize=4, color="tab:blue", alpha=0.8)
+def final_bars(summary: dict[str, dict], path: str, title: str, keys=None) -> None:
+    """Final accuracy per run with +-1 std error bars.
+
+    ``keys`` default: ``acc_test``, or where the runs have none (MOPD,
+    continual) every per-domain ``acc_test_<d>`` as grouped bars. The teacher
+    and the student init are lines (one key), or the init a dotted line per
+    domain in its bar colour (several keys).
+    """
+    if keys is None:
+        present = {k for n, s in summary.items() for k in s}
+        keys = (
+            ["acc_test"]
+            if "acc_test" in present
+            else sorted(k for k in present if k.startswith("acc_test_"))
+        )
+    runs = [
+        n for n in summary if n not in aggregate.REFERENCES and any(k in summary[n] for k in keys)
+    ]
+    fig, ax = plt.subplots(figsize=(max(5, (0.5 + 0.15 * len(keys)) * len(runs) + 2), 4))
+    width = 0.8 / max(1, len(keys))
+    for j, key in enumerate(keys):
+        xs = [i + (j - (len(keys) - 1) / 2) * width for i in range(len(runs))]
+        stats = [summary[n].get(key) or (0.0, 0.0, 0) for n in runs]
+        label = key.removeprefix("acc_test_") if len(keys) > 1 else None
+        bars = ax.bar(
+            xs,
+            [100 * m for m, _, _ in stats],
+            width,
+            yerr=[100 * d for _, d, _ in stats],
+            capsize=3,
+            alpha=0.8,
+            label=label,
+        )
+        init = summary.get("student_init", {}).get(key)
+        if len(keys) > 1 and init and runs:
+            ax.hlines(
+                100 * init[0],
+                xs[0] - width / 2,
+                xs[-1] + width / 2,
+                linestyles=":",
+                colors=[bars.patches[0].get_facecolor()],
+                label=f"init {label}",
+            )
     for ref, style in (("teacher", "--"), ("student_init", ":")):
-        if key in summary.get(ref, {}):
-            ax.axhline(100 * summary[ref][key][0], ls=style, color="k", label=ref)
+        if len(keys) == 1 and keys[0] in summary.get(ref, {}):
+            ax.axhline(100 * summary[ref][keys[0]][0], ls=style, color="k", label=ref)
     ax.set_xticks(range(len(runs)), [summary[n]["label"] for n in runs], rotation=30, ha="right")
-    ax.set(ylabel=f"{key.removeprefix('acc_')} accuracy % (mean ± std over seeds)", title=title)
+    what = keys[0].removeprefix("acc_") if len(keys) == 1 else "test"
+    ax.set(ylabel=f"{what} accuracy % (mean ± std over seeds)", title=title)
     _legend(ax, 8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
