@@ -16,7 +16,12 @@ import numpy as np
 from dopd_jax.pipeline import report
 
 REFERENCES = ("teacher", "student_init")
-ROW_KEYS = ("acc_test", "acc_hard", "acc_priv")  # accuracy columns in that order when present
+ROW_KEYS = (
+    "acc_test",
+    "acc_hard",
+    "acc_ood",
+    "acc_priv",
+)  # accuracy columns in that order when present
 
 
 def load_cell(workdir: str) -> dict | None:
