@@ -79,12 +79,16 @@ def _cell_rows(results: dict, key: str = "acc_test") -> dict[str, dict]:
     return rows
 
 
+def domain_keys(summary: dict[str, dict]) -> list[str]:
+    """The per-domain test accuracies (``acc_test_<d>``) some row of a summary has."""
+    return sorted({k for s in summary.values() for k in s if k.startswith("acc_test_")})
+
+
 def _columns(summary: dict[str, dict]) -> tuple[list[str], list[str]]:
     """The accuracy keys (ROW_KEYS, then per-domain ``acc_test_<d>``) and the
     normalized-score keys (per domain, then ``norm_mean``) present in a summary."""
     present = [k for s in summary.values() for k in s]
-    acc = [k for k in ROW_KEYS if k in present]
-    acc += sorted({k for k in present if k.startswith("acc_test_")})
+    acc = [k for k in ROW_KEYS if k in present] + domain_keys(summary)
     norm = sorted({k for k in present if k.startswith("norm_") and k != "norm_mean"})
     return acc, norm + ["norm_mean"] * bool(norm)
 

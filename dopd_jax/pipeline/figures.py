@@ -90,12 +90,8 @@ def final_bars(summary: dict[str, dict], path: str, title: str, keys=None) -> No
     domain in its bar colour (several keys).
     """
     if keys is None:
-        present = {k for n, s in summary.items() for k in s}
-        keys = (
-            ["acc_test"]
-            if "acc_test" in present
-            else sorted(k for k in present if k.startswith("acc_test_"))
-        )
+        has_test = any("acc_test" in s for s in summary.values())
+        keys = ["acc_test"] if has_test else aggregate.domain_keys(summary)
     runs = [
         n for n in summary if n not in aggregate.REFERENCES and any(k in summary[n] for k in keys)
     ]
