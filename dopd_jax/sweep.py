@@ -9,7 +9,9 @@ variants x runs), ``ROOT/summary.json`` and PNG figures (accuracy and entropy
 over steps, DOPD regime fractions and ``A_bar``, final accuracy with error
 bars). The axes default to the module's ``VARIANTS``, ``SEEDS`` (0, 1, 2) and
 ``TEACHER_SEEDS`` (0); ``--seeds 0,1,2,3``, ``--teacher_seeds 0,1`` and
-``--variants a,b`` override them; ``--report_only`` redraws from what exists.
+``--variants a,b`` override them (a variant that holds commas, such as
+``mislead=0,student=small``, is recognised from the module's ``VARIANTS``); ``--report_only``
+redraws from what exists.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ def axes_from_flags(path: str) -> dict:
     if _TEACHER_SEEDS.value is not None:
         axes["teacher_seeds"] = _ints("teacher_seeds", _TEACHER_SEEDS.value)
     if _VARIANTS.value is not None:
-        axes["variants"] = tuple("" if v == "default" else v for v in _VARIANTS.value)
+        axes["variants"] = sweep.split_variants(_VARIANTS.value, axes["variants"])
     return axes
 
 

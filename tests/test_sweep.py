@@ -85,6 +85,18 @@ def test_mean_curve_uses_the_steps_every_seed_logged():
     assert aggregate.mean_curve([a, b], "missing") is None
 
 
+def test_variants_with_commas_are_regrouped_from_the_module_list():
+    known = ("mislead=0,student=small", "mislead=0.5,student=small", "")
+    pieces = "mislead=0,student=small,default,mislead=0.5,student=small,mislead=0".split(",")
+    assert sweep.split_variants(pieces, known) == (
+        "mislead=0,student=small",
+        "",
+        "mislead=0.5,student=small",
+        "mislead=0",
+    )
+    assert sweep.split_variants(["a", "b"], ()) == ("a", "b")
+
+
 def test_plan_orders_cells_and_refuses_duplicates():
     cells = sweep.plan(("", "b"), (0, 1), (0,))
     assert [(c.variant, c.seed) for c in cells] == [("", 0), ("", 1), ("b", 0), ("b", 1)]

@@ -54,6 +54,25 @@ def module_axes(path: str) -> dict:
     )
 
 
+def split_variants(pieces, known) -> tuple[str, ...]:
+    """``--variants`` pieces (split at commas) regrouped into variants.
+
+    A variant may itself hold commas (``mislead=0,student=small``): consecutive
+    pieces are joined into the longest run that is one of the module's
+    ``known`` variants; any other piece is a variant on its own. ``default``
+    is the module's default ("").
+    """
+    pieces, known, out, i = list(pieces), set(known), [], 0
+    while i < len(pieces):
+        j = next(
+            (j for j in range(len(pieces), i + 1, -1) if ",".join(pieces[i:j]) in known), i + 1
+        )
+        v = ",".join(pieces[i:j])
+        out.append("" if v == "default" else v)
+        i = j
+    return tuple(out)
+
+
 def plan(variants, seeds, teacher_seeds) -> list[Cell]:
     """Cells in run order: variant, then teacher seed, then seed."""
     if not seeds or not teacher_seeds or not variants:
