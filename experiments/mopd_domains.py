@@ -87,8 +87,7 @@ def get_config(arg=None):
     if smoke:
         config_lib.shrink_to_smoke(c)
     domains = config_lib.mopd_setting(c, smoke)
-    teacher_steps = 2 if smoke else {"sft": 600, "rl": 200}[origin]
-    teachers = config_lib.domain_teacher_runs(origin, domains, teacher_steps, smoke=smoke)
+    teachers = config_lib.domain_teacher_runs(origin, domains, smoke=smoke)
     methods, variants = _runs(domains, teachers, 2 if smoke else 600, smoke)
     c.distill.methods = methods
     c.distill.variants = variants

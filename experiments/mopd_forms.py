@@ -40,9 +40,8 @@ def get_config(arg=None):
     if smoke:
         config_lib.shrink_to_smoke(c)
     domains = config_lib.mopd_setting(c, smoke)
-    teacher_steps = 2 if smoke else {"sft": 600, "rl": 200}[origin]
     steps = 2 if smoke else 600
-    runs = config_lib.domain_teacher_runs(origin, domains, teacher_steps, smoke=smoke)
+    runs = config_lib.domain_teacher_runs(origin, domains, smoke=smoke)
     runs["mopd_pg"] = dict(method="mopd", label="MOPD pg", steps=steps)
     runs["mopd_topk"] = dict(method="mopd", form="topk", label="MOPD top-64", steps=steps)
     runs["mopd_pg_orm"] = dict(
@@ -52,7 +51,7 @@ def get_config(arg=None):
         del runs["mopd_pg_orm"]
     if args.get("rounds") == "2":
         second = config_lib.domain_teacher_runs(
-            origin, domains, teacher_steps, prefix="2", init="run:mopd_pg", smoke=smoke
+            origin, domains, prefix="2", init="run:mopd_pg", smoke=smoke
         )
         runs.update(second)
         runs["mopd_pg_r2"] = dict(

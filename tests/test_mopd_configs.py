@@ -124,8 +124,11 @@ def test_full_size_mopd_configs_are_valid_and_share_one_setting(module, arg):
 def test_domain_teachers_train_on_their_own_domain_at_their_origins_setting():
     from dopd_jax.pipeline.config import SFT_TEACHER_STEP, domain_teacher_runs
 
-    sft = domain_teacher_runs("sft", ("arith", "sort"), 600)
+    sft = domain_teacher_runs("sft", ("arith", "sort"))
     assert set(sft) == {"sft_arith", "sft_sort"}
+    assert sft["sft_sort"]["steps"] == 600
+    assert domain_teacher_runs("rl", ("arith",))["rl_arith"]["steps"] == 200
+    assert domain_teacher_runs("sft", ("arith",), smoke=True)["sft_arith"]["steps"] == 2
     assert sft["sft_sort"]["domains"] == ("sort",)
     assert sft["sft_arith"]["method"] == "gkd" and sft["sft_arith"]["lmbda"] == 0.0
     assert {k: sft["sft_arith"][k] for k in SFT_TEACHER_STEP} == SFT_TEACHER_STEP

@@ -287,10 +287,18 @@ def mopd_setting(c: ml_collections.ConfigDict, smoke: bool) -> tuple[str, ...]:
 # batch and rate: one response per prompt (the gold one), 64 prompts, lr 3e-3.
 # From the MOPD init, 600 such steps took arith from 22.6% to 83.2% (experiments/README.md).
 SFT_TEACHER_STEP = dict(batch_prompts=64, n_samples=1, lr=3e-3)
+# Each domain teacher's steps by origin (GRPO: the MOPD modules' 200; SFT: 600).
+DOMAIN_TEACHER_STEPS = {"rl": 200, "sft": 600}
 
 
 def domain_teacher_runs(
-    origin: str, domains, steps: int, *, prefix: str = "", init: str = "", smoke: bool = False
+    origin: str,
+    domains,
+    steps: int | None = None,
+    *,
+    prefix: str = "",
+    init: str = "",
+    smoke: bool = False,
 ) -> dict:
     """One MOPD domain-teacher run per domain, named ``<origin><prefix>_<domain>``.
 
@@ -300,7 +308,8 @@ def domain_teacher_runs(
         the sampled forward KL of the gold token, i.e. cross-entropy, at
         ``SFT_TEACHER_STEP``'s batch and rate unless ``smoke``).
       domains: the task's domains.
-      steps: each teacher's steps.
+      steps: each teacher's steps (default: ``DOMAIN_TEACHER_STEPS[origin]``, 2 if
+        ``smoke``).
       prefix: inserted into the names (``"2"`` for a second round).
       init: where the teachers start (``""`` = the student init).
       smoke: keep the config's (smoke-sized) batch.
@@ -310,6 +319,8 @@ def domain_teacher_runs(
     """
     if origin not in ("rl", "sft"):
         raise ValueError(f"domain teacher origin must be 'rl' or 'sft', got {origin!r}")
+    if steps is None:
+        steps = 2 if smoke else DOMAIN_TEACHER_STEPS[origin]
     if origin == "rl":
         base = dict(method="grpo")
     else:
