@@ -32,13 +32,17 @@ def _load_json(path):
 
 
 def _save_json(path, obj):
-    """Writes ``obj`` atomically on process 0 (other processes write nothing)."""
+    """Writes ``obj`` atomically on process 0 (other processes write nothing).
+
+    Keys keep their order (evaluation sets, then references and runs, as made), so
+    a table printed from a reused workdir has the columns and rows of the fresh run.
+    """
     if jax.process_index() != 0:
         return
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
+        json.dump(obj, f, indent=2)
     os.replace(tmp, path)
 
 
