@@ -11,7 +11,8 @@ bars). The axes default to the module's ``VARIANTS``, ``SEEDS`` (0, 1, 2) and
 ``TEACHER_SEEDS`` (0); ``--seeds 0,1,2,3``, ``--teacher_seeds 0,1`` and
 ``--variants a,b`` override them (a variant that holds commas, such as
 ``mislead=0,student=small``, is recognised from the module's ``VARIANTS``); ``--report_only``
-redraws from what exists.
+redraws from what exists. ``--against RUN`` (default: the module's
+``PAIRED_AGAINST``) adds a table of each run's per-seed difference from RUN.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ _SEEDS = flags.DEFINE_list("seeds", None, "Seeds (student init, data order, samp
 _TEACHER_SEEDS = flags.DEFINE_list("teacher_seeds", None, "Teacher seeds.")
 _VARIANTS = flags.DEFINE_list("variants", None, "get_config arguments ('default' = none).")
 _REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Only rewrite the report.")
+_AGAINST = flags.DEFINE_string(
+    "against", None, "Run to compare every other run with, seed by seed (module's PAIRED_AGAINST)."
+)
 
 
 def _ints(name: str, xs) -> tuple[int, ...]:
@@ -63,10 +67,10 @@ def main(argv) -> None:
     except ValueError as e:
         sys.exit(f"error: {e}")
     if _REPORT_ONLY.value:
-        text = sweep.write_report(_CONFIG.value, _WORKDIR.value, cells)
+        text = sweep.write_report(_CONFIG.value, _WORKDIR.value, cells, _AGAINST.value)
     else:
         try:
-            text = sweep.run_sweep(_CONFIG.value, _WORKDIR.value, cells)
+            text = sweep.run_sweep(_CONFIG.value, _WORKDIR.value, cells, against=_AGAINST.value)
         except ValueError as e:
             sys.exit(f"error: {e}")
     print(text)

@@ -50,6 +50,7 @@ from dopd_jax.pipeline import config as config_lib
 FULL_LOSS_LR = ("3e-3", "3e-4")  # MOPD top-64 and Off-policy FT; the first is the default
 DISTILL_ROWS = ("mopd", "mopd_topk", "offpolicy_ft")
 VARIANTS = ("", "full_lr=3e-4,rows=distill")
+PAIRED_AGAINST = "mopd_topk"  # the sweep reports each baseline minus MOPD top-64 per seed
 
 
 def _runs(domains, teachers: dict, steps: int, smoke: bool, full_lr: str) -> tuple[tuple, dict]:

@@ -31,6 +31,7 @@ variant's own ``teachers`` mapping).
 from dopd_jax.pipeline import config as config_lib
 
 VARIANTS = ("teacher=rl", "teacher=sft", "teacher=rl,rounds=2")
+PAIRED_AGAINST = "mopd_pg"  # the sweep reports each form minus MOPD pg per seed
 
 
 def get_config(arg=None):

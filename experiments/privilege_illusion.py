@@ -29,6 +29,7 @@ Smoke (about a minute, used by the tests):
 from dopd_jax.pipeline import config as config_lib
 
 VARIANTS = ("", "set=more")
+PAIRED_AGAINST = "opd"  # the sweep also reports each run minus OPD, seed by seed
 
 
 def get_config(arg=None):

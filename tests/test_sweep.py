@@ -57,7 +57,12 @@ def test_mopd_cells_get_per_domain_columns_and_normalized_scores():
             },
         }
 
-    s = aggregate.summarize([cell(0.1, 0.5), cell(0.1, 0.3)])
+    cells = [cell(0.1, 0.5), cell(0.1, 0.3)]
+    for c in cells:  # no privileged input: the priv column would repeat test_a
+        c["config"]["task"] = {"priv_form": "none"}
+        c["methods"]["mopd"]["acc_priv"] = c["methods"]["mopd"]["acc_test_a"]
+    s = aggregate.summarize(cells)
+    assert "acc_priv" not in s["mopd"]
     mean, std, n = s["mopd"]["norm_mean"]
     np.testing.assert_allclose([mean, std], [0.375, np.std([0.5, 0.25], ddof=1)])
     assert "norm_b" not in s["mopd"]  # b's teacher does not beat the init
@@ -65,6 +70,44 @@ def test_mopd_cells_get_per_domain_columns_and_normalized_scores():
     head = table.splitlines()[0]
     assert "test_a %" in head and "test_b %" in head and "normalized mean" in head
     assert "| MOPD | 40.0 ± 14.1 | 100.0 ± 0.0 | 0.375 ± 0.177 | 0.375 ± 0.177 |" in table
+
+
+def test_paired_differences_match_numpy_seed_by_seed():
+    cells = [
+        _results(0.1, 0.5, {"opd": 0.30, "dopd": 0.35, "gkd": 0.2}),
+        _results(0.2, 0.6, {"opd": 0.40, "dopd": 0.38}),
+        _results(0.1, 0.5, {"opd": 0.25, "dopd": 0.31}),
+        _results(0.1, 0.5, {"dopd": 0.9}),  # no opd: not paired
+    ]
+    diffs = aggregate.paired_differences(cells, "opd")
+    assert list(diffs) == ["dopd", "gkd"]
+    d = [0.35 - 0.30, 0.38 - 0.40, 0.31 - 0.25]
+    mean, std, n = diffs["dopd"]["acc_test"]
+    np.testing.assert_allclose([mean, std], [np.mean(d), np.std(d, ddof=1)])
+    assert n == 3 and diffs["dopd"]["ahead"] == 2 and diffs["gkd"]["ahead"] == 0
+    table = aggregate.paired_table(diffs, "OPD")
+    assert "ahead of OPD (test)" in table.splitlines()[0]
+    assert "| DOPD | 3.0 ± 4.4 |" in table and "| 2/3 seeds |" in table
+    assert aggregate.paired_differences(cells, "nope") == {}
+
+
+def test_paired_differences_use_the_normalized_mean_and_skip_domain_teachers():
+    def cell(mopd_a, ft_a):
+        return {
+            "config": {"distill": {"teachers": {"a": "run:t_a"}}},
+            "references": {"student_init": {"acc_test_a": 0.1}},
+            "methods": {
+                "t_a": {"acc_test_a": 0.9},
+                "mopd": {"acc_test_a": mopd_a, "label": "MOPD"},
+                "ft": {"acc_test_a": ft_a, "label": "FT"},
+            },
+        }
+
+    diffs = aggregate.paired_differences([cell(0.5, 0.3), cell(0.2, 0.3)], "ft")
+    assert list(diffs) == ["mopd"]
+    np.testing.assert_allclose(diffs["mopd"]["norm_mean"][0], np.mean([0.25, -0.125]))
+    assert diffs["mopd"]["ahead"] == 1
+    assert "ahead of FT (normalized mean)" in aggregate.paired_table(diffs, "FT")
 
 
 def test_gap_closed_undefined_when_the_teacher_is_not_better():
@@ -109,6 +152,7 @@ MODULE = """
 from dopd_jax.pipeline import config as config_lib
 
 SEEDS = (0, 1)
+PAIRED_AGAINST = "opd"
 
 def get_config(arg=None):
     c = config_lib.base_config()
@@ -153,6 +197,7 @@ def test_sweep_shares_stages_and_writes_tables_and_figures(swept):
     assert res[0]["references"]["student_init"] == res[2]["references"]["student_init"]
     assert "## default" in text and "## lr" in text and "## Variants (test %)" in text
     assert "| vanilla OPD (T->S) |" in text and "| 2/2 |" in text
+    assert "Paired against vanilla OPD (T->S)" in text and "| /2 seeds |" not in text
     for name in ("default_curves.png", "default_routing.png", "default_final.png", "lr_final.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG", name
     assert "opd" in json.load(open(out / "summary.json"))["default"]

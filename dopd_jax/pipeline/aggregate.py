@@ -72,6 +72,9 @@ def _cell_rows(results: dict, key: str = "acc_test") -> dict[str, dict]:
         row["gap_closed"] = gap_closed(r.get(key), init, teacher)
         row["label"] = r.get("label") or name
         rows[name] = row
+    if results.get("config", {}).get("task", {}).get("priv_form") == "none":
+        for row in rows.values():  # no privileged input: acc_priv repeats the first set
+            row.pop("acc_priv", None)
     teachers = results.get("config", {}).get("distill", {}).get("teachers") or {}
     if teachers:  # MOPD: the normalized score against each domain's teacher
         for name, scores in report.normalized_scores(results, sorted(teachers.items())).items():
@@ -164,6 +167,62 @@ def variant_table(summaries: dict[str, dict[str, dict]], key: str = "acc_test") 
     for variant, s in summaries.items():
         cells = [_fmt(s.get(n, {}).get(key)) for n in runs]
         lines.append(f"| {variant or 'default'} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def paired_differences(cells: list[dict], against: str) -> dict[str, dict]:
+    """Row -> metric -> (mean, std, n) of the per-cell difference ``row - against``.
+
+    Seeds move every row of a cell together (a weak init lowers them all), so
+    the spread of a paired difference is the one to hold a gap against. Rows are
+    the runs other than ``against`` and the MOPD domain teachers; a cell without
+    either row is skipped. ``ahead`` counts the cells where the row leads on its
+    headline metric (``norm_mean`` when present, else ``acc_test``).
+    """
+    per_cell = [_cell_rows(c) for c in cells]
+    teachers = {
+        ref.removeprefix("run:")
+        for c in cells
+        for ref in (c.get("config", {}).get("distill", {}).get("teachers") or {}).values()
+    }
+    out: dict[str, dict] = {}
+    for rows in per_cell:
+        if against not in rows:
+            continue
+        for name, row in rows.items():
+            if name in REFERENCES or name in teachers or name == against:
+                continue
+            d = out.setdefault(name, {"label": row["label"], "diffs": {}})
+            for k, v in row.items():
+                base = rows[against].get(k)
+                if k.startswith(("acc_", "norm_")) and v is not None and base is not None:
+                    d["diffs"].setdefault(k, []).append(v - base)
+    result = {}
+    for name, d in out.items():
+        stats = {k: mean_std(v) for k, v in d["diffs"].items()}
+        head = "norm_mean" if "norm_mean" in d["diffs"] else "acc_test"
+        stats = {k: v for k, v in stats.items() if v is not None}
+        stats["ahead"] = sum(x > 0 for x in d["diffs"].get(head, []))
+        stats["label"] = d["label"]
+        result[name] = stats
+    return result
+
+
+def paired_table(diffs: dict[str, dict], against_label: str) -> str:
+    """The paired differences as markdown: mean ± std over seeds, and seeds ahead."""
+    summary = {n: {k: v for k, v in s.items() if k != "ahead"} for n, s in diffs.items()}
+    acc_keys, norm_keys = _columns(summary)
+    cols = [f"Δ {k.removeprefix('acc_')} points" for k in acc_keys]
+    cols += [f"Δ normalized {k.removeprefix('norm_')}" for k in norm_keys]
+    head = "normalized mean" if norm_keys else "test"
+    cols.append(f"ahead of {against_label} ({head})")
+    lines = ["| model | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for s in diffs.values():
+        n = max((v[2] for k, v in s.items() if isinstance(v, tuple)), default=0)
+        cells = [_fmt(s.get(k)) for k in acc_keys]
+        cells += [_fmt(s.get(k), 1.0, 3) for k in norm_keys]
+        cells.append(f"{s['ahead']}/{n} seeds")
+        lines.append(f"| {s['label']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

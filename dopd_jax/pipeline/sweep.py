@@ -38,8 +38,8 @@ class Cell:
 
 
 def module_axes(path: str) -> dict:
-    """The module's ``VARIANTS``, ``SEEDS`` and ``TEACHER_SEEDS`` (defaults: one variant,
-    seeds 0, 1, 2, teacher seed 0)."""
+    """The module's ``VARIANTS``, ``SEEDS``, ``TEACHER_SEEDS`` and ``PAIRED_AGAINST``
+    (defaults: one variant, seeds 0, 1, 2, teacher seed 0, no paired table)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("_sweep_module", path)
@@ -51,6 +51,7 @@ def module_axes(path: str) -> dict:
         variants=tuple(getattr(mod, "VARIANTS", ("",))),
         seeds=tuple(getattr(mod, "SEEDS", DEFAULT_SEEDS)),
         teacher_seeds=tuple(getattr(mod, "TEACHER_SEEDS", (0,))),
+        against=getattr(mod, "PAIRED_AGAINST", ""),
     )
 
 
@@ -119,7 +120,14 @@ def _register(c, workdir: str, finished: dict) -> None:
 
 
 def run_sweep(
-    path: str, root: str, cells: list[Cell], *, log=print, progress=None, finished=None
+    path: str,
+    root: str,
+    cells: list[Cell],
+    *,
+    log=print,
+    progress=None,
+    finished=None,
+    against: str | None = None,
 ) -> str:
     """Runs every unfinished cell, then writes the report; returns its markdown.
 
@@ -138,13 +146,19 @@ def run_sweep(
             log(f"[{i + 1}/{len(cells)}] {workdir}")
             run_experiment(c, workdir, progress=progress, log=log)
         _register(c, workdir, finished)
-    return write_report(path, root, cells)
+    return write_report(path, root, cells, against)
 
 
-def write_report(path: str, root: str, cells: list[Cell]) -> str:
-    """``ROOT/results.md`` (tables), ``ROOT/summary.json`` and PNG figures per variant."""
+def write_report(path: str, root: str, cells: list[Cell], against: str | None = None) -> str:
+    """``ROOT/results.md`` (tables), ``ROOT/summary.json`` and PNG figures per variant.
+
+    ``against`` (default: the module's ``PAIRED_AGAINST``; "" for none) names a
+    run every other run is also compared with seed by seed (``paired_differences``).
+    """
     from dopd_jax.pipeline import figures
 
+    if against is None:
+        against = module_axes(path)["against"]
     variants = list(dict.fromkeys(c.variant for c in cells))
     seeds = sorted({c.seed for c in cells})
     teacher_seeds = sorted({c.teacher_seed for c in cells})
@@ -167,6 +181,11 @@ def write_report(path: str, root: str, cells: list[Cell]) -> str:
         summaries[v] = summary
         json_out[name] = summary
         lines.append(aggregate.markdown_table(summary, len(mine)))
+        if against in summary:
+            label = summary[against]["label"]
+            lines += ["", f"Paired against {label}: per-seed difference, mean ± std:", ""]
+            diffs = aggregate.paired_differences(results, against)
+            lines.append(aggregate.paired_table(diffs, label))
         if len(teacher_seeds) > 1:
             lines += ["", "By teacher seed (test %, mean ± std over seeds):", ""]
             lines.append(_teacher_seed_table(root, mine))
