@@ -23,3 +23,11 @@ def test_saved_results_print_the_same_table(tmp_path):
     assert head.split()[:4] == ["model", "test%", "hard%", "priv%"]
     assert teacher.startswith("teacher") and init.startswith("student_init")
     assert opd.startswith("vanilla OPD") and "12.7" in init
+
+
+def test_no_priv_column_where_the_task_has_no_privileged_input():
+    results = dict(_results(), config={"task": {"priv_form": "none"}})
+    assert report.format_table(results).split()[:3] == ["model", "test%", "hard%"]
+    assert "priv%" not in report.format_table(results).splitlines()[0]
+    results["config"]["task"]["priv_form"] = "exec_hints"
+    assert "priv%" in report.format_table(results).splitlines()[0]

@@ -24,11 +24,14 @@ def _regimes(final: dict) -> str:
 
 
 def _acc_columns(results: dict) -> list[str]:
-    """``acc_<set>`` keys of the evaluation sets, in order, then ``acc_priv``; avg@k after."""
+    """``acc_<set>`` keys of the evaluation sets, in order, then ``acc_priv`` (unless the
+    task has no privileged input); avg@k after."""
     first = next(iter(results.get("references", {}).values()), None)
     first = first or next(iter(results.get("methods", {}).values()), {})
     sets = [k for k in first if k.startswith("acc_") and k != "acc_priv"]
     avg = [k for k in first if k.startswith("avg") and "_" in k]
+    if results.get("config", {}).get("task", {}).get("priv_form") == "none":
+        return sets + avg  # no privileged input: acc_priv would repeat the first set
     return sets + ["acc_priv"] + avg
 
 
