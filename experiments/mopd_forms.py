@@ -24,13 +24,15 @@ again from the round-1 student, scored by the round-2 teachers (the
 variant's own ``teachers`` mapping).
 
   python -m dopd_jax.sweep --config experiments/mopd_forms.py --workdir runs/mopd_forms
+  python -m dopd_jax.sweep --config experiments/mopd_forms.py --workdir runs/mopd_forms \
+      --variants teacher=sft,rounds=2 --seeds 0
   python -m dopd_jax.run --config experiments/mopd_forms.py:teacher=sft,smoke --workdir /tmp/mf
   python -m dopd_jax.run --config experiments/mopd_forms.py:rounds=2,smoke --workdir /tmp/mr
 """
 
 from dopd_jax.pipeline import config as config_lib
 
-VARIANTS = ("teacher=rl", "teacher=sft", "teacher=rl,rounds=2")
+VARIANTS = ("teacher=rl", "teacher=sft", "teacher=rl,rounds=2", "teacher=sft,rounds=2")
 PAIRED_AGAINST = "mopd_pg"  # the sweep reports each form minus MOPD pg per seed
 
 
