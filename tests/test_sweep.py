@@ -103,7 +103,10 @@ def test_paired_differences_use_the_normalized_mean_and_skip_domain_teachers():
             },
         }
 
-    diffs = aggregate.paired_differences([cell(0.5, 0.3), cell(0.2, 0.3)], "ft")
+    cells = [cell(0.5, 0.3), cell(0.2, 0.3)]
+    cells[0]["methods"]["t2_a"] = {"acc_test_a": 0.8}  # a later round's teacher
+    cells[0]["config"]["distill"]["variants"] = {"mopd": {"teachers": {"a": "run:t2_a"}}}
+    diffs = aggregate.paired_differences(cells, "ft")
     assert list(diffs) == ["mopd"]
     np.testing.assert_allclose(diffs["mopd"]["norm_mean"][0], np.mean([0.25, -0.125]))
     assert diffs["mopd"]["ahead"] == 1
