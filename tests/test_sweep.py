@@ -70,6 +70,11 @@ def test_mopd_cells_get_per_domain_columns_and_normalized_scores():
     head = table.splitlines()[0]
     assert "test_a %" in head and "test_b %" in head and "normalized mean" in head
     assert "| MOPD | 40.0 ± 14.1 | 100.0 ± 0.0 | 0.375 ± 0.177 | 0.375 ± 0.177 |" in table
+    # across variants the headline is the normalized mean, not a test column it lacks
+    variants = aggregate.variant_table({"": s, "lr=1": aggregate.summarize(cells[:1])})
+    assert aggregate.headline_key({"": s}) == "norm_mean"
+    assert "| default | - | 1.000 ± 0.000 | -0.125 ± 0.000 | 0.375 ± 0.177 |" in variants
+    assert variants.splitlines()[-1].endswith("| 0.500 ± 0.000 |")
 
 
 def test_paired_differences_match_numpy_seed_by_seed():

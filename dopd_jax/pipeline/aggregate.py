@@ -152,8 +152,19 @@ def markdown_table(summary: dict[str, dict], n_seeds: int) -> str:
     return "\n".join(lines)
 
 
-def variant_table(summaries: dict[str, dict[str, dict]], key: str = "acc_test") -> str:
-    """Variants x runs: ``key`` mean ± std, one row per variant (the robustness map)."""
+def headline_key(summaries: dict[str, dict[str, dict]]) -> str:
+    """``norm_mean`` where some row has it (several evaluation sets), else ``acc_test``."""
+    rows = [r for s in summaries.values() for r in s.values()]
+    return "norm_mean" if any("norm_mean" in r for r in rows) else "acc_test"
+
+
+def variant_table(summaries: dict[str, dict[str, dict]], key: str | None = None) -> str:
+    """Variants x runs: ``key`` mean ± std, one row per variant (the robustness map).
+
+    ``key`` defaults to :func:`headline_key`; a normalized key prints as a fraction.
+    """
+    key = key or headline_key(summaries)
+    scale, digits = (1.0, 3) if key.startswith("norm_") else (100.0, 1)
     runs: list[str] = []
     for s in summaries.values():
         runs += [n for n in s if n not in runs]
@@ -165,7 +176,7 @@ def variant_table(summaries: dict[str, dict[str, dict]], key: str = "acc_test") 
         "|---" * (len(runs) + 1) + "|",
     ]
     for variant, s in summaries.items():
-        cells = [_fmt(s.get(n, {}).get(key)) for n in runs]
+        cells = [_fmt(s.get(n, {}).get(key), scale, digits) for n in runs]
         lines.append(f"| {variant or 'default'} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

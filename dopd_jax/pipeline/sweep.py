@@ -191,7 +191,8 @@ def write_report(path: str, root: str, cells: list[Cell], against: str | None = 
             lines.append(_teacher_seed_table(root, mine))
         lines += ["", *_figures(figures, root, name, mine, summary)]
     if len(variants) > 1:
-        lines += ["", "## Variants (test %)", "", aggregate.variant_table(summaries)]
+        head = "normalized mean" if aggregate.headline_key(summaries) == "norm_mean" else "test %"
+        lines += ["", f"## Variants ({head})", "", aggregate.variant_table(summaries)]
     text = "\n".join(lines) + "\n"
     os.makedirs(root, exist_ok=True)
     with open(os.path.join(root, "results.md"), "w") as f:
