@@ -121,11 +121,12 @@ def test_full_size_mopd_configs_are_valid_and_share_one_setting(module, arg):
     assert c.distill.lr == 3e-4  # GRPO collapsed at the main setting's 3e-3
 
 
-def test_mopd_domains_distill_rows_share_one_rate_and_the_default_runs():
+def test_mopd_domains_student_runs_share_one_rate_and_distill_rows_subset():
     from dopd_jax.pipeline.sweep import module_axes
 
     full = load_experiment("experiments/mopd_domains.py", None)
-    close = load_experiment("experiments/mopd_domains.py", "full_lr=3e-4,rows=distill")
+    old = load_experiment("experiments/mopd_domains.py", "full_lr=3e-3")
+    close = load_experiment("experiments/mopd_domains.py", "rows=distill")
     config_checks.validate(close)
     assert close.distill.methods == (
         ("sft_arith", "sft_sort", "sft_linear", "mopd", "mopd_topk", "offpolicy_ft")
@@ -135,16 +136,14 @@ def test_mopd_domains_distill_rows_share_one_rate_and_the_default_runs():
         "offpolicy_ft",
     }
     for name in ("mopd_topk", "offpolicy_ft"):
-        assert full.distill.variants[name].lr == 3e-3
-        assert close.distill.variants[name].lr == 3e-4
+        assert full.distill.variants[name].lr == full.distill.lr == 3e-4
+        assert old.distill.variants[name].lr == 3e-3
         # The same run otherwise: only the rate tells the two apart.
-        assert {**full.distill.variants[name], "lr": 0} == {**close.distill.variants[name], "lr": 0}
+        assert {**full.distill.variants[name], "lr": 0} == {**old.distill.variants[name], "lr": 0}
+        assert close.distill.variants[name] == full.distill.variants[name]
     assert close.distill.variants.sft_arith == full.distill.variants.sft_arith
-    assert module_axes("experiments/mopd_domains.py")["variants"] == (
-        "",
-        "full_lr=3e-4,rows=distill",
-    )
-    with pytest.raises(ValueError, match=r"full_lr='1e-3': valid values \['3e-3', '3e-4'\]"):
+    assert module_axes("experiments/mopd_domains.py")["variants"] == ("", "full_lr=3e-3")
+    with pytest.raises(ValueError, match=r"full_lr='1e-3': valid values \['3e-4', '3e-3'\]"):
         load_experiment("experiments/mopd_domains.py", "full_lr=1e-3")
 
 
