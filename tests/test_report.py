@@ -31,3 +31,12 @@ def test_no_priv_column_where_the_task_has_no_privileged_input():
     assert "priv%" not in report.format_table(results).splitlines()[0]
     results["config"]["task"]["priv_form"] = "exec_hints"
     assert "priv%" in report.format_table(results).splitlines()[0]
+
+
+def test_mopd_tables_leave_out_the_teacher_no_domain_scores_against():
+    results = dict(_results(), config={"distill": {"teachers": {"a": "run:t_a"}}})
+    assert report.shown_references(results) == ["student_init"]
+    rows = [line.split()[0] for line in report.format_table(results).splitlines()[2:4]]
+    assert rows == ["student_init", "vanilla"]
+    results["config"]["distill"]["teachers"]["b"] = "teacher"  # it scores domain b
+    assert report.shown_references(results) == ["teacher", "student_init"]

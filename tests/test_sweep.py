@@ -49,7 +49,10 @@ def test_mopd_cells_get_per_domain_columns_and_normalized_scores():
     def cell(init_a, mopd_a):
         return {
             "config": {"distill": {"teachers": {"a": "run:t_a", "b": "run:t_b"}}},
-            "references": {"student_init": {"acc_test_a": init_a, "acc_test_b": 1.0}},
+            "references": {
+                "teacher": {"acc_test_a": 0.0, "acc_test_b": 0.3},  # scores no domain: not shown
+                "student_init": {"acc_test_a": init_a, "acc_test_b": 1.0},
+            },
             "methods": {
                 "t_a": {"acc_test_a": 0.9, "acc_test_b": 0.0},
                 "t_b": {"acc_test_a": 0.0, "acc_test_b": 1.0},  # no headroom on b
@@ -62,7 +65,7 @@ def test_mopd_cells_get_per_domain_columns_and_normalized_scores():
         c["config"]["task"] = {"priv_form": "none"}
         c["methods"]["mopd"]["acc_priv"] = c["methods"]["mopd"]["acc_test_a"]
     s = aggregate.summarize(cells)
-    assert "acc_priv" not in s["mopd"]
+    assert "acc_priv" not in s["mopd"] and list(s)[0] == "student_init"
     mean, std, n = s["mopd"]["norm_mean"]
     np.testing.assert_allclose([mean, std], [0.375, np.std([0.5, 0.25], ddof=1)])
     assert "norm_b" not in s["mopd"]  # b's teacher does not beat the init

@@ -59,7 +59,8 @@ def _cell_rows(results: dict, key: str = "acc_test") -> dict[str, dict]:
     """Row name -> {metric: value} of one cell, ``gap_closed`` included for runs
     (runs in the config's ``distill.methods`` order)."""
     refs, runs = results.get("references", {}), results.get("methods", {})
-    rows = {name: dict(refs[name]) for name in REFERENCES if name in refs}
+    shown = report.shown_references(results)
+    rows = {name: dict(refs[name]) for name in REFERENCES if name in refs and name in shown}
     init, teacher = refs.get("student_init", {}).get(key), refs.get("teacher", {}).get(key)
     order = results.get("config", {}).get("distill", {}).get("methods", [])
     names = [n for n in order if n in runs] + [n for n in runs if n not in order]

@@ -45,10 +45,22 @@ def _width(key: str) -> int:
     return max(6, len(_title(key)))
 
 
+def shown_references(results: dict) -> list[str]:
+    """The reference rows a table shows: all of them, except the experiment's own
+    teacher when the run has domain teachers (MOPD) and none of them is it: that
+    teacher then scores nobody and only fills the pipeline's teacher stage."""
+    refs = list(results.get("references", {}))
+    domain = (results.get("config", {}).get("distill", {}) or {}).get("teachers") or {}
+    if domain and "teacher" not in domain.values():
+        refs = [r for r in refs if r != "teacher"]
+    return refs
+
+
 def format_table(results: dict) -> str:
     """Renders ``results.json`` content as a fixed-width text table.
 
-    Rows: the reference models (teacher, student init) and one row per run.
+    Rows: the reference models (teacher, student init; ``shown_references``) and
+    one row per run.
     Accuracies are greedy on each evaluation set without privileged context,
     ``priv`` is the first set with p; ``avgK_<set>`` columns are sampled avg@K.
     """
@@ -61,7 +73,8 @@ def format_table(results: dict) -> str:
         + f" {'time s':>7}  regimes (DOPD)"
     )
     lines = [head, "-" * len(head)]
-    for name, ref in results.get("references", {}).items():
+    for name in shown_references(results):
+        ref = results["references"][name]
         accs = " ".join(f"{_pct(ref.get(c)):>{_width(c)}}" for c in cols)
         dashes = " ".join(f"{'-':>{w}}" for _, w, _ in METRIC_COLUMNS)
         lines.append(f"{name:<22} {accs} {dashes} {'-':>7}  -")
