@@ -33,8 +33,8 @@ trail them at every seed, so a sweep of the close comparison can skip them.
 The table's "normalized score" block is ``(s_d - s_SFT) / (s_teacher_d -
 s_SFT)`` per domain, averaged over the domains where the teacher beats the
 init (methods.md section 7). The experiment's own SFT teacher (``teacher``)
-is not one of MOPD's teachers; it is kept small and only gives the
-reference row.
+is not one of MOPD's teachers; it is kept small (the pipeline's teacher stage
+needs one) and the tables leave it out (``report.shown_references``).
 
 Run:
   python -m dopd_jax.run --config experiments/mopd_domains.py --workdir runs/mopd
