@@ -21,7 +21,9 @@ the round-1 teachers.
 teachers trained the same way but from the round-1 MOPD student
 (``<origin>2_<domain>``, init ``run:mopd_pg``), then ``mopd_pg_r2``: MOPD pg
 again from the round-1 student, scored by the round-2 teachers (the
-variant's own ``teachers`` mapping).
+variant's own ``teachers`` mapping). ``mopd_pg_more`` is its control: the
+same second round (600 steps from the round-1 student, a fresh schedule) scored
+by the round-1 teachers, so "new teachers" and "more steps" come apart.
 
   python -m dopd_jax.sweep --config experiments/mopd_forms.py --workdir runs/mopd_forms
   python -m dopd_jax.sweep --config experiments/mopd_forms.py --workdir runs/mopd_forms \
@@ -63,6 +65,12 @@ def get_config(arg=None):
             steps=steps,
             init="run:mopd_pg",
             teachers={d: f"run:{name}" for d, name in zip(domains, second)},
+        )
+        runs["mopd_pg_more"] = dict(
+            method="mopd",
+            label="MOPD pg, round 2, round-1 teachers",
+            steps=steps,
+            init="run:mopd_pg",
         )
     config_lib.add_variants(c, **runs)
     c.distill.methods = tuple(runs)

@@ -91,6 +91,7 @@ def test_multi_round_mopd_runs_from_the_round_one_student(mopd_run, tmp_path):
     _run(tmp_path, "experiments/mopd_forms.py:rounds=2,smoke", *sources)
     runs = json.loads((tmp_path / "results.json").read_text())["methods"]
     assert {"rl_arith", "rl_sort", "mopd_pg", "rl2_arith", "rl2_sort", "mopd_pg_r2"} <= set(runs)
+    assert runs["mopd_pg_more"]["label"] == "MOPD pg, round 2, round-1 teachers"
     assert runs["mopd_pg_r2"].get("label") == "MOPD pg, round 2"
     for kept in ("mopd_pg", "rl2_arith", "rl2_sort"):  # read by later runs
         assert (tmp_path / "runs" / kept / "params").exists(), kept

@@ -95,6 +95,9 @@ def test_multi_round_mopd_reads_its_own_teachers():
     assert second.domain_teachers == {d: f"final student of rl2_{d}" for d in ("arith", "sort")}
     assert second.start == "final student of mopd_pg"
     assert "teachers" not in runs["mopd_pg"].identity()  # old results keep their identity
+    control = run_models.resolve(ctx, runs["mopd_pg_more"], "teacher", "init", finished)
+    assert control.domain_teachers == first.domain_teachers  # round-1 teachers
+    assert control.start == second.start  # from the round-1 student, as round 2
 
 
 def test_mopd_smoke_config_is_valid():
