@@ -392,3 +392,23 @@ def test_incompatible_distill_config_is_refused_before_compiling(e2e):
     with pytest.raises(ValueError, match=r"distill\.batch_prompts: 8 in the checkpoint, 16 now"):
         experiment.run_experiment(cfg, str(workdir), log=lambda m: None)
     assert _tree_bytes(workdir / "ckpt") == before
+
+
+def test_relabelled_run_is_reused_and_takes_the_new_label(e2e):
+    from dopd_jax.pipeline import runner as experiment
+
+    root, _, ref = e2e
+    workdir = root / "relabelled"
+    shutil.copytree(ref, workdir)
+    (workdir / "results.json").unlink()
+    saved = workdir / "runs/dopd/result.json"
+    result = json.loads(saved.read_text())
+    label = result["label"]
+    result["label"] = result["run_spec"]["label"] = "an older label"
+    saved.write_text(json.dumps(result))
+    before = _records(workdir)
+    namespace = {}
+    exec(CONFIG, namespace)
+    out = experiment.run_experiment(namespace["get_config"](), str(workdir), log=lambda m: None)
+    assert _records(workdir) == before  # nothing trained again
+    assert out["methods"]["dopd"]["label"] == label

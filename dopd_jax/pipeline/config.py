@@ -310,7 +310,8 @@ def domain_teacher_runs(
       domains: the task's domains.
       steps: each teacher's steps (default: ``DOMAIN_TEACHER_STEPS[origin]``, 2 if
         ``smoke``).
-      prefix: inserted into the names (``"2"`` for a second round).
+      prefix: the round, inserted into the names and labels (``"2"``: a second
+        round, ``sft2_arith`` labelled "SFT teacher arith, round 2").
       init: where the teachers start (``""`` = the student init).
       smoke: keep the config's (smoke-sized) batch.
 
@@ -326,9 +327,14 @@ def domain_teacher_runs(
     else:
         base = dict(method="gkd", lmbda=0.0, kind="fkl", granularity="sampled")
         base.update({} if smoke else SFT_TEACHER_STEP)
+    suffix = f", round {prefix}" if prefix else ""
     return {
         f"{origin}{prefix}_{d}": dict(
-            base, domains=(d,), steps=steps, init=init, label=f"{origin.upper()} teacher {d}"
+            base,
+            domains=(d,),
+            steps=steps,
+            init=init,
+            label=f"{origin.upper()} teacher {d}{suffix}",
         )
         for d in domains
     }

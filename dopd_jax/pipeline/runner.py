@@ -19,7 +19,7 @@ from dopd_jax.pipeline import config_checks, report, run_models
 from dopd_jax.pipeline.context import Progress, build_context
 from dopd_jax.pipeline.distill_stage import distill_stage, full_eval
 from dopd_jax.pipeline.sft_stage import model_stage, will_train
-from dopd_jax.pipeline.specs import ExperimentSpec, without_memory_knobs
+from dopd_jax.pipeline.specs import ExperimentSpec, reuse_identity
 from dopd_jax.pipeline.timings import StageTimes
 from dopd_jax.trainer.metric_writer import MetricWriter, NullMetricWriter
 
@@ -107,8 +107,8 @@ def _run_stages(spec: ExperimentSpec, workdir: str, writer, progress, log) -> di
     for run in spec.runs:
         path = os.path.join(workdir, "runs", run.name, "result.json")
         result, params = _load_json(path), None
-        saved = None if result is None else without_memory_knobs(result.get("run_spec", {}))
-        if saved != run.identity():
+        saved = None if result is None else reuse_identity(result.get("run_spec", {}))
+        if saved != reuse_identity(run.identity()):
             t0 = time.perf_counter()
             models = run_models.resolve(ctx, run, teacher, student, finished)
             result, params = distill_stage(ctx, run, models, writer, progress)
@@ -121,6 +121,7 @@ def _run_stages(spec: ExperimentSpec, workdir: str, writer, progress, log) -> di
             _save_json(path, result)
         else:
             progress.skip(run.steps)
+            result["label"] = run.label  # relabelling does not retrain (reuse_identity)
             if run.name in kept:
                 finished[run.name] = run_models.keep(ctx, run.name, None, student)
         runs[run.name] = result

@@ -159,6 +159,12 @@ def without_memory_knobs(run_json: dict) -> dict:
     }
 
 
+def reuse_identity(run_json: dict) -> dict:
+    """What a finished result must match to be reused: ``without_memory_knobs``
+    less the table label (relabelling a run does not retrain it)."""
+    return {k: v for k, v in without_memory_knobs(run_json).items() if k != "label"}
+
+
 @dataclasses.dataclass(frozen=True)
 class EvalSpec:
     batch_size: int
