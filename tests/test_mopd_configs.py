@@ -169,7 +169,7 @@ def test_domain_teachers_train_on_their_own_domain_at_their_origins_setting():
             domains=("arith",),
             steps=200,
             init="run:mopd_pg",
-            label="RL teacher arith",
+            label="RL teacher arith, round 2",
         )
     }
     with pytest.raises(ValueError, match="origin must be 'rl' or 'sft', got 'ppo'"):
