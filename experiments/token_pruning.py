@@ -12,6 +12,8 @@ tokens are noise, dropping them costs nothing.
 
 from dopd_jax.pipeline import config as config_lib
 
+PAIRED_AGAINST = "opd"  # the sweep also reports each pruned run minus full OPD, seed by seed
+
 RUNS = {
     f"opd_prune_{mode}": dict(
         method="opd", prune=mode, prune_fraction=0.2, label=f"OPD -20% {mode}"
