@@ -43,6 +43,7 @@ def test_summary_matches_numpy_mean_and_sample_std():
     assert s["opd"]["label"] == "OPD"
     table = aggregate.markdown_table(s, 3)
     assert "| OPD | 31.7 ± 7.6 |" in table and "| 3/3 |" in table and "| 2/3 |" in table
+    assert "gap closed %" in table.splitlines()[0]
 
 
 def test_mopd_cells_get_per_domain_columns_and_normalized_scores():
@@ -72,6 +73,7 @@ def test_mopd_cells_get_per_domain_columns_and_normalized_scores():
     table = aggregate.markdown_table(s, 2)
     head = table.splitlines()[0]
     assert "test_a %" in head and "test_b %" in head and "normalized mean" in head
+    assert "gap closed" not in head  # no single test set: no row has it
     assert "| MOPD | 40.0 ± 14.1 | 100.0 ± 0.0 | 0.375 ± 0.177 | 0.375 ± 0.177 |" in table
     # across variants the headline is the normalized mean, not a test column it lacks
     variants = aggregate.variant_table({"": s, "lr=1": aggregate.summarize(cells[:1])})

@@ -132,23 +132,29 @@ def _fmt(stat, scale: float = 100.0, digits: int = 1) -> str:
     return f"{scale * mean:.{digits}f} ± {scale * std:.{digits}f}"
 
 
+# Metric columns after the accuracies: (title, key, scale, digits).
+_METRIC_COLUMNS = (
+    ("gap closed %", "gap_closed", 100.0, 1),
+    ("entropy", "student_entropy", 1.0, 3),
+    ("KL(T)", "kl_to_teacher", 1.0, 3),
+)
+
+
 def markdown_table(summary: dict[str, dict], n_seeds: int) -> str:
-    """Mean ± std over seeds, one row per reference model and run."""
+    """Mean ± std over seeds, one row per reference model and run; a metric column
+    no row has (``gap closed`` where there is no single test set) is left out."""
     acc_keys, norm_keys = _columns(summary)
+    metrics = [m for m in _METRIC_COLUMNS if any(m[1] in s for s in summary.values())]
     cols = [k.removeprefix("acc_") + " %" for k in acc_keys]
     cols += ["normalized " + k.removeprefix("norm_") for k in norm_keys]
-    cols += ["gap closed %", "entropy", "KL(T)", "seeds"]
+    cols += [title for title, *_ in metrics] + ["seeds"]
     lines = ["| model | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for s in summary.values():
         n = max((v[2] for k, v in s.items() if k != "label"), default=0)
         cells = [_fmt(s.get(k)) for k in acc_keys]
         cells += [_fmt(s.get(k), 1.0, 3) for k in norm_keys]
-        cells += [
-            _fmt(s.get("gap_closed")),
-            _fmt(s.get("student_entropy"), 1.0, 3),
-            _fmt(s.get("kl_to_teacher"), 1.0, 3),
-            f"{n}/{n_seeds}",
-        ]
+        cells += [_fmt(s.get(key), scale, digits) for _, key, scale, digits in metrics]
+        cells.append(f"{n}/{n_seeds}")
         lines.append(f"| {s['label']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
