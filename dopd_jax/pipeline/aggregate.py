@@ -198,7 +198,7 @@ def paired_differences(cells: list[dict], against: str) -> dict[str, dict]:
     headline metric (``norm_mean`` when present, else ``acc_test``).
     """
     per_cell = [_cell_rows(c) for c in cells]
-    teachers = {ref.removeprefix("run:") for c in cells for ref in _teacher_refs(c)}
+    teachers = {ref.removeprefix("run:") for c in cells for ref in report.domain_teacher_refs(c)}
     out: dict[str, dict] = {}
     for rows in per_cell:
         if against not in rows:
@@ -220,14 +220,6 @@ def paired_differences(cells: list[dict], against: str) -> dict[str, dict]:
         stats["label"] = d["label"]
         result[name] = stats
     return result
-
-
-def _teacher_refs(results: dict) -> list[str]:
-    """The MOPD domain teachers of a cell: the experiment's and each run's own."""
-    distill = results.get("config", {}).get("distill", {})
-    maps = [distill.get("teachers") or {}]
-    maps += [(v or {}).get("teachers") or {} for v in (distill.get("variants") or {}).values()]
-    return [ref for m in maps for ref in m.values()]
 
 
 def paired_table(diffs: dict[str, dict], against_label: str) -> str:

@@ -45,13 +45,21 @@ def _width(key: str) -> int:
     return max(6, len(_title(key)))
 
 
+def domain_teacher_refs(results: dict) -> list[str]:
+    """The MOPD domain teachers of a results dict: the experiment's and each run's own."""
+    distill = results.get("config", {}).get("distill", {}) or {}
+    maps = [distill.get("teachers") or {}]
+    maps += [(v or {}).get("teachers") or {} for v in (distill.get("variants") or {}).values()]
+    return [ref for m in maps for ref in m.values()]
+
+
 def shown_references(results: dict) -> list[str]:
     """The reference rows a table shows: all of them, except the experiment's own
     teacher when the run has domain teachers (MOPD) and none of them is it: that
     teacher then scores nobody and only fills the pipeline's teacher stage."""
     refs = list(results.get("references", {}))
-    domain = (results.get("config", {}).get("distill", {}) or {}).get("teachers") or {}
-    if domain and "teacher" not in domain.values():
+    domain = domain_teacher_refs(results)
+    if domain and "teacher" not in domain:
         refs = [r for r in refs if r != "teacher"]
     return refs
 

@@ -108,7 +108,7 @@ def _run_stages(spec: ExperimentSpec, workdir: str, writer, progress, log) -> di
         path = os.path.join(workdir, "runs", run.name, "result.json")
         result, params = _load_json(path), None
         saved = None if result is None else reuse_identity(result.get("run_spec", {}))
-        if saved != reuse_identity(run.identity()):
+        if saved != reuse_identity(run.to_json()):
             t0 = time.perf_counter()
             models = run_models.resolve(ctx, run, teacher, student, finished)
             result, params = distill_stage(ctx, run, models, writer, progress)
