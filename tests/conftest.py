@@ -12,7 +12,7 @@ subprocesses); the cache turns the repeats into loads. The pytest process that l
 this file first (the xdist controller, whose environment the workers inherit) names
 it after its pid in the temp dir and removes it when the session ends, so every
 session starts cold. Cached executables are the ones a fresh compile produces
-(``test_resume`` checks a cached restart against a cold run bit for bit).
+(``test_resume_e2e`` checks a cached restart against a cold run bit for bit).
 """
 
 import os
