@@ -10,6 +10,9 @@ weight varied with the other at its default.
 
 from dopd_jax.pipeline import config as config_lib
 
+# the sweep also reports each weight minus the defaults (0.6, 0.3), seed by seed
+PAIRED_AGAINST = "dopd"
+
 BETA_LIGHT = (0.2, 0.4, 0.6, 0.8, 1.0)
 BETA_WEAK = (0.1, 0.3, 0.5)
 

@@ -17,6 +17,8 @@ python -m dopd_jax.run --config experiments/components.py:smoke --workdir /tmp/c
 
 from dopd_jax.pipeline import config as config_lib
 
+PAIRED_AGAINST = "dopd"  # the sweep also reports each ablation minus the full DOPD, seed by seed
+
 RUNS = dict(
     dopd_no_privilege=dict(method="dopd", privileged=False, label="w/o privileged input"),
     dopd_no_student_side=dict(method="dopd", regimes=("LH", "LL", "HT"), label="w/o student-side"),

@@ -11,6 +11,8 @@ sampled cell is absent (the config check refuses it).
 
 from dopd_jax.pipeline import config as config_lib
 
+PAIRED_AGAINST = "dopd"  # the sweep also reports each cell minus DOPD (adaptive), seed by seed
+
 OBJECTIVES = ("fkl", "rkl", "jsd")
 GRANULARITIES = ("sampled", "topk", "full")
 

@@ -18,6 +18,8 @@ entropy over steps per pairing; ``priv%`` in the table is each student given p.
 
 from dopd_jax.pipeline import config as config_lib
 
+PAIRED_AGAINST = "opd"  # the sweep also reports each pairing minus T->S (vanilla OPD), seed by seed
+
 
 def get_config(arg=None):
     _, smoke = config_lib.parse_arg(arg)

@@ -13,6 +13,8 @@ problems only. Evaluation adds, besides the in-distribution ``test`` split:
 
 from dopd_jax.pipeline import config as config_lib
 
+PAIRED_AGAINST = "opd"  # the sweep also reports each run minus vanilla OPD, seed by seed
+
 
 def get_config(arg=None):
     _, smoke = config_lib.parse_arg(arg)

@@ -12,6 +12,8 @@ regimes get no loss, so each row says what its regimes add alone.
 
 from dopd_jax.pipeline import config as config_lib
 
+PAIRED_AGAINST = "opd"  # the sweep also reports each subset minus vanilla OPD, seed by seed
+
 SUBSETS = {
     "HT": ("HT",),
     "HT+HS": ("HT", "HS"),

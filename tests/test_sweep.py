@@ -2,6 +2,8 @@
 
 import json
 import os
+import pathlib
+import shutil
 import textwrap
 
 import numpy as np
@@ -225,6 +227,18 @@ def test_rerun_skips_finished_cells_and_reports_partial_sweeps(swept):
     more = sweep.plan(("",), (0, 1, 5), (0,))  # seed 5 not run: reported as 2/3
     partial = sweep.write_report(str(path), str(out), more)
     assert "| 2/3 |" in partial
+
+
+def test_no_paired_table_when_only_the_reference_run_finished(swept, tmp_path):
+    path, out, cells, _, _ = swept
+    cell = cells[0]
+    shutil.copytree(cell.workdir(str(out)), cell.workdir(str(tmp_path)))
+    results = pathlib.Path(cell.workdir(str(tmp_path))) / "results.json"
+    data = json.loads(results.read_text())
+    del data["methods"]["dopd"]
+    results.write_text(json.dumps(data))
+    text = sweep.write_report(str(path), str(tmp_path), [cell])
+    assert "| vanilla OPD (T->S) |" in text and "Paired against" not in text
 
 
 def test_module_arguments_parse_and_name_what_is_wrong():

@@ -181,10 +181,10 @@ def write_report(path: str, root: str, cells: list[Cell], against: str | None = 
         summaries[v] = summary
         json_out[name] = summary
         lines.append(aggregate.markdown_table(summary, len(mine)))
-        if against in summary:
+        diffs = aggregate.paired_differences(results, against) if against in summary else {}
+        if diffs:  # none when the cells ran nothing besides ``against``
             label = summary[against]["label"]
             lines += ["", f"Paired against {label}: per-seed difference, mean ± std:", ""]
-            diffs = aggregate.paired_differences(results, against)
             lines.append(aggregate.paired_table(diffs, label))
         if len(teacher_seeds) > 1:
             lines += ["", "By teacher seed (test %, mean ± std over seeds):", ""]
