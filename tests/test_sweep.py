@@ -143,6 +143,17 @@ def test_mean_curve_uses_the_steps_every_seed_logged():
     assert aggregate.mean_curve([a, b], "missing") is None
 
 
+def test_figure_bands_stay_inside_the_metric_range():
+    from dopd_jax.pipeline import figures
+
+    mean, std = np.array([0.01, 0.5, 0.98]), np.array([0.05, 0.1, 0.05])
+    lo, hi = figures.band_limits(mean, std, 100.0, top=100.0)
+    np.testing.assert_allclose(lo, [0.0, 40.0, 93.0])
+    np.testing.assert_allclose(hi, [6.0, 60.0, 100.0])
+    lo, hi = figures.band_limits(mean, std)  # entropy: no top
+    np.testing.assert_allclose(hi, [0.06, 0.6, 1.03])
+
+
 def test_variants_with_commas_are_regrouped_from_the_module_list():
     known = ("mislead=0,student=small", "mislead=0.5,student=small", "")
     pieces = "mislead=0,student=small,default,mislead=0.5,student=small,mislead=0".split(",")

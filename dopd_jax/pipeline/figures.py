@@ -8,6 +8,7 @@ seeds with a shaded +-1 std band.
 from __future__ import annotations
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -17,15 +18,26 @@ from dopd_jax.pipeline import aggregate  # noqa: E402
 REGIMES = ("LH", "LL", "HT", "HS")
 
 
-def _band(ax, per_cell, key, label, scale=1.0):
+def band_limits(mean, std, scale=1.0, top=None):
+    """The shaded band's edges: mean -+ std, clipped to the metric's range.
+
+    Every curve drawn here (accuracy, entropy, regime shares, ``A_bar``) is
+    non-negative, and shares and accuracies stop at ``top``; a band past those
+    limits would show values no seed can take.
+    """
+    lo = np.maximum(scale * (mean - std), 0.0)
+    hi = scale * (mean + std)
+    return lo, (hi if top is None else np.minimum(hi, top))
+
+
+def _band(ax, per_cell, key, label, scale=1.0, top=None):
     m = aggregate.mean_curve(per_cell, key)
     if m is None:
         return False
     steps, mean, std = m
     (line,) = ax.plot(steps, scale * mean, label=label, marker="." if len(steps) < 12 else None)
-    ax.fill_between(
-        steps, scale * (mean - std), scale * (mean + std), alpha=0.2, color=line.get_color()
-    )
+    lo, hi = band_limits(mean, std, scale, top)
+    ax.fill_between(steps, lo, hi, alpha=0.2, color=line.get_color())
     return True
 
 
@@ -47,7 +59,7 @@ def learning_curves(curves: list[dict], labels: dict[str, str], path: str, title
         key, what = ("reward", "sampled reward of the rollouts")
     for run in labels:
         per_cell = [c.get(run, []) for c in curves]
-        _band(acc, per_cell, key, labels[run], 100.0)
+        _band(acc, per_cell, key, labels[run], 100.0, top=100.0)
         _band(ent, per_cell, "student_entropy", labels[run])
     acc.set(xlabel="step", ylabel=f"accuracy % ({what})", title="accuracy")
     ent.set(xlabel="step", ylabel="nats / token", title="student entropy")
@@ -69,7 +81,7 @@ def routing(curves: list[dict], labels: dict[str, str], path: str, title: str) -
     for j, run in enumerate(runs):
         per_cell = [c.get(run, []) for c in curves]
         for regime in REGIMES:
-            _band(axes[0, j], per_cell, f"frac_{regime}", regime, 100.0)
+            _band(axes[0, j], per_cell, f"frac_{regime}", regime, 100.0, top=100.0)
         _band(axes[1, j], per_cell, "A_bar", "A_bar")
         axes[0, j].set(title=labels[run], ylabel="% of response tokens", ylim=(-3, 103))
         axes[1, j].set(xlabel="step", ylabel="A_bar (trimmed mean |gap|)")
