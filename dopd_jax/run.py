@@ -25,6 +25,9 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment module (path[:arg]).", lock_config=True
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for outputs and resume.")
+_COMPILE_CACHE = flags.DEFINE_string(
+    "compile_cache", "auto", "Persistent compilation cache: auto (WORKDIR/xla_cache), off, or a dir."
+)
 
 
 def main(argv) -> None:
@@ -39,11 +42,13 @@ def main(argv) -> None:
         sys.exit(f"error: {e}")
     distributed = _initialize_distributed(cfg.distributed)
     try:
+        from dopd_jax.pipeline import compile_cache
         from dopd_jax.pipeline.runner import check_workdir, run_experiment
 
         try:
             config_checks.validate(cfg)  # counts devices: after jax.distributed.initialize
             check_workdir(_WORKDIR.value)
+            compile_cache.enable(compile_cache.cache_dir(_COMPILE_CACHE.value, _WORKDIR.value))
         except ValueError as e:
             sys.exit(f"error: {e}")
         try:
