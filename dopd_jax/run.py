@@ -26,7 +26,9 @@ _CONFIG = config_flags.DEFINE_config_file(
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for outputs and resume.")
 _COMPILE_CACHE = flags.DEFINE_string(
-    "compile_cache", "auto", "Persistent compilation cache: auto (WORKDIR/xla_cache), off, or a dir."
+    "compile_cache",
+    "auto",
+    "Compilation cache: auto (WORKDIR/xla_cache), off, or a directory.",
 )
 
 

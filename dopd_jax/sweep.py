@@ -27,7 +27,9 @@ _SEEDS = flags.DEFINE_list("seeds", None, "Seeds (student init, data order, samp
 _TEACHER_SEEDS = flags.DEFINE_list("teacher_seeds", None, "Teacher seeds.")
 _VARIANTS = flags.DEFINE_list("variants", None, "get_config arguments ('default' = none).")
 _COMPILE_CACHE = flags.DEFINE_string(
-    "compile_cache", "auto", "Persistent compilation cache: auto (WORKDIR/xla_cache), off, or a dir."
+    "compile_cache",
+    "auto",
+    "Compilation cache: auto (WORKDIR/xla_cache), off, or a directory.",
 )
 _REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Only rewrite the report.")
 _AGAINST = flags.DEFINE_string(
