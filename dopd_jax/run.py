@@ -19,17 +19,13 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from dopd_jax.pipeline import config_checks
+from dopd_jax.pipeline import compile_cache, config_checks
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment module (path[:arg]).", lock_config=True
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for outputs and resume.")
-_COMPILE_CACHE = flags.DEFINE_string(
-    "compile_cache",
-    "auto",
-    "Compilation cache: auto (WORKDIR/xla_cache), off, or a directory.",
-)
+_COMPILE_CACHE = flags.DEFINE_string("compile_cache", "auto", compile_cache.FLAG_HELP)
 
 
 def main(argv) -> None:
@@ -44,7 +40,6 @@ def main(argv) -> None:
         sys.exit(f"error: {e}")
     distributed = _initialize_distributed(cfg.distributed)
     try:
-        from dopd_jax.pipeline import compile_cache
         from dopd_jax.pipeline.runner import check_workdir, run_experiment
 
         try:

@@ -21,16 +21,14 @@ import sys
 
 from absl import app, flags, logging
 
+from dopd_jax.pipeline import compile_cache
+
 _CONFIG = flags.DEFINE_string("config", None, "Experiment module path (no :arg).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Root directory of the sweep.")
 _SEEDS = flags.DEFINE_list("seeds", None, "Seeds (student init, data order, sampling).")
 _TEACHER_SEEDS = flags.DEFINE_list("teacher_seeds", None, "Teacher seeds.")
 _VARIANTS = flags.DEFINE_list("variants", None, "get_config arguments ('default' = none).")
-_COMPILE_CACHE = flags.DEFINE_string(
-    "compile_cache",
-    "auto",
-    "Compilation cache: auto (WORKDIR/xla_cache), off, or a directory.",
-)
+_COMPILE_CACHE = flags.DEFINE_string("compile_cache", "auto", compile_cache.FLAG_HELP)
 _REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Only rewrite the report.")
 _AGAINST = flags.DEFINE_string(
     "against", None, "Run to compare every other run with, seed by seed (module's PAIRED_AGAINST)."
@@ -74,8 +72,6 @@ def main(argv) -> None:
     if _REPORT_ONLY.value:
         text = sweep.write_report(_CONFIG.value, _WORKDIR.value, cells, _AGAINST.value)
     else:
-        from dopd_jax.pipeline import compile_cache
-
         try:
             compile_cache.enable(compile_cache.cache_dir(_COMPILE_CACHE.value, _WORKDIR.value))
             text = sweep.run_sweep(_CONFIG.value, _WORKDIR.value, cells, against=_AGAINST.value)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 
 AUTO, OFF = "auto", "off"
+FLAG_HELP = "Compilation cache: auto (WORKDIR/xla_cache), off, or a directory."
 ENV = "JAX_COMPILATION_CACHE_DIR"
 
 
